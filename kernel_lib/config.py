@@ -1,0 +1,220 @@
+"""One typed configuration for every threshold of the pipeline.
+
+All numbers that change what a submission contains live here, with defaults and the
+range each accepts. Functions take the config (or one of its parts) as an argument;
+nothing reads a global. A config round-trips through JSON (``Config.to_json`` /
+``load_config``) so that ``tune`` can write one and the notebook can read it.
+
+Cell types are always indexed in the order of :data:`CELL_TYPES`, which is also the
+class index order of the detectron2 models (class 0 = shsy5y, 1 = astro, 2 = cort).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CELL_TYPES: tuple[str, str, str] = ("shsy5y", "astro", "cort")
+"""Cell types in class-index order (the models' class ids)."""
+
+IMAGE_HEIGHT = 520
+IMAGE_WIDTH = 704
+IMAGE_SHAPE: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)
+"""(height, width) of every competition image."""
+
+IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+"""The metric's IoU thresholds 0.50, 0.55, ..., 0.95."""
+
+PerType = tuple[float, float, float]
+
+
+def _check_per_type(name: str, values: tuple[float, ...], lo: float, hi: float) -> None:
+    if len(values) != len(CELL_TYPES):
+        raise ValueError(
+            f"{name}: expected {len(CELL_TYPES)} values (one per cell type "
+            f"{', '.join(CELL_TYPES)}), got {len(values)}: {values!r}"
+        )
+    for cell_type, value in zip(CELL_TYPES, values):
+        if not lo <= value <= hi:
+            raise ValueError(f"{name}[{cell_type}]: expected a value in [{lo}, {hi}], got {value!r}")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Per-cell-type post-processing of one image's instances.
+
+    Defaults are the public baseline's (Slawek Biel's detectron2 notebook): score
+    thresholds (0.15, 0.35, 0.55) and minimum areas (75, 150, 75) pixels for
+    (shsy5y, astro, cort); overlap removal keeps any non-empty remainder
+    (``min_kept_fraction`` 0), as that notebook does.
+
+    Attributes:
+        score_threshold: per cell type, keep instances with score >= this; range [0, 1].
+        min_area: per cell type, drop masks with fewer pixels (before and after overlap
+            removal); range [0, 520*704].
+        min_kept_fraction: per cell type, after overlap removal a mask is dropped when
+            the pixels it keeps are fewer than this fraction of its own area; range [0, 1].
+            0 keeps any remainder; 0.8 drops a mask with more than 20% already taken.
+        mask_threshold: soft-mask probability at which a pixel belongs to the mask;
+            range (0, 1).
+    """
+
+    score_threshold: PerType = (0.15, 0.35, 0.55)
+    min_area: PerType = (75, 150, 75)
+    min_kept_fraction: PerType = (0.0, 0.0, 0.0)
+    mask_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_per_type("score_threshold", self.score_threshold, 0.0, 1.0)
+        _check_per_type("min_area", self.min_area, 0, IMAGE_HEIGHT * IMAGE_WIDTH)
+        _check_per_type("min_kept_fraction", self.min_kept_fraction, 0.0, 1.0)
+        if not 0.0 < self.mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold: expected a value in (0, 1), got {self.mask_threshold!r}")
+
+
+EnsembleMethod = Literal["roi", "wmf", "mask_nms"]
+TTA_NAMES: tuple[str, ...] = ("identity", "hflip", "vflip", "hvflip")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """How K fold models and TTA views become one set of instances per image.
+
+    Attributes:
+        method: "roi" (union of every view's boxes, box NMS, every model's mask head on
+            the merged boxes, soft masks averaged), "wmf" (instance-level weighted mask
+            fusion of clusters matched by mask IoU) or "mask_nms" (the simple baseline).
+        tta: views to run, names from :data:`TTA_NAMES`; "identity" is the plain image.
+        scales: extra rescale factors (1.0 = none), each in [0.5, 2.0].
+        box_nms_iou: IoU above which merged boxes are suppressed ("roi"); range (0, 1].
+        cluster_iou: mask IoU above which two instances join a cluster ("wmf") or the
+            lower-scored one is suppressed ("mask_nms"); range (0, 1].
+        min_votes: "wmf": a cluster needs instances from at least this fraction of the
+            views (models x TTA) to be kept; its score is multiplied by the fraction of
+            views that agree (capped at 1); range [0, 1].
+        candidate_score: detections below this score are not passed on by the models
+            (detectron2 SCORE_THRESH_TEST); range [0, 1]. Keep it at or below the lowest
+            per-type score threshold.
+        detections_per_image: most detections a model returns per image (and the most
+            instances the ensemble keeps); range [1, 5000].
+    """
+
+    method: EnsembleMethod = "roi"
+    tta: tuple[str, ...] = ("identity", "hflip")
+    scales: tuple[float, ...] = (1.0,)
+    box_nms_iou: float = 0.7
+    cluster_iou: float = 0.5
+    min_votes: float = 0.5
+    candidate_score: float = 0.05
+    detections_per_image: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.method not in ("roi", "wmf", "mask_nms"):
+            raise ValueError(f"method: expected one of roi, wmf, mask_nms, got {self.method!r}")
+        if not self.tta:
+            raise ValueError("tta: expected at least one view, e.g. ('identity',), got none")
+        for name in self.tta:
+            if name not in TTA_NAMES:
+                raise ValueError(f"tta: expected names from {TTA_NAMES}, got {name!r}")
+        for scale in self.scales:
+            _check_range("scales", scale, 0.5, 2.0)
+        for name in ("box_nms_iou", "cluster_iou"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name}: expected a value in (0, 1], got {value!r}")
+        _check_range("min_votes", self.min_votes, 0.0, 1.0)
+        _check_range("candidate_score", self.candidate_score, 0.0, 1.0)
+        _check_range("detections_per_image", self.detections_per_image, 1, 5000)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Where and how the models run.
+
+    Attributes:
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        half: run in float16 on CUDA (ignored on the CPU).
+        batch_size: images per model call per GPU; range [1, 64].
+        num_workers: data-loader processes reading the next images; range [0, 32].
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    half: bool = True
+    batch_size: int = 4
+    num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        _check_range("batch_size", self.batch_size, 1, 64)
+        _check_range("num_workers", self.num_workers, 0, 32)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole pipeline's configuration: ``postprocess``, ``ensemble``, ``inference``."""
+
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        parts = {"postprocess": PostprocessConfig, "ensemble": EnsembleConfig, "inference": InferenceConfig}
+        unknown = set(data) - set(parts)
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {sorted(unknown)}; expected {sorted(parts)}")
+        kwargs: dict[str, Any] = {}
+        for name, klass in parts.items():
+            section = data.get(name, {})
+            if not isinstance(section, dict):
+                raise ValueError(f"{source}: section {name!r} must be an object, got {type(section).__name__}")
+            known = {f.name for f in dataclasses.fields(klass)}
+            bad = set(section) - known
+            if bad:
+                raise ValueError(f"{source}: unknown key(s) {sorted(bad)} in {name!r}; expected some of {sorted(known)}")
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+            try:
+                kwargs[name] = klass(**values)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{source}: {name}.{err}") from None
+        return cls(**kwargs)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections replaced, e.g. ``cfg.replace(postprocess=pp)``."""
+        return dataclasses.replace(self, **sections)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a JSON config file (sections may be partial); ``None`` gives the defaults.
+
+    Raises:
+        ValueError: the file is missing, not JSON, or has unknown keys or bad values;
+            the message names the file and the key.
+    """
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist; pass a JSON file written by `tune` or omit --config")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config file {path} is not valid JSON ({err}); fix it or omit --config") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a JSON object, got {type(data).__name__}")
+    return Config.from_dict(data, source=str(path))
