@@ -186,7 +186,9 @@ class Config:
             known = {f.name for f in dataclasses.fields(klass)}
             bad = set(section) - known
             if bad:
-                raise ValueError(f"{source}: unknown key(s) {sorted(bad)} in {name!r}; expected some of {sorted(known)}")
+                raise ValueError(
+                    f"{source}: unknown key(s) {sorted(bad)} in {name!r}; expected some of {sorted(known)}"
+                )
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
             try:
                 kwargs[name] = klass(**values)

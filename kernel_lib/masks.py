@@ -36,15 +36,18 @@ class CropMasks:
         object.__setattr__(self, "origins", origins)
         object.__setattr__(self, "crops", tuple(self.crops))
         if len(self.crops) != len(origins):
-            raise ValueError(f"CropMasks: expected one origin per crop, got {len(self.crops)} crops and {len(origins)} origins")
+            raise ValueError(
+                f"CropMasks: expected one origin per crop, got {len(self.crops)} crops and {len(origins)} origins"
+            )
         height, width = self.shape
         for i, (crop, (y0, x0)) in enumerate(zip(self.crops, origins)):
             if crop.ndim != 2 or crop.dtype != np.bool_:
-                raise ValueError(f"CropMasks: crop {i} must be a 2-D bool array, got {crop.dtype} of shape {crop.shape}")
+                raise ValueError(
+                    f"CropMasks: crop {i} must be a 2-D bool array, got {crop.dtype} of shape {crop.shape}"
+                )
             if y0 < 0 or x0 < 0 or y0 + crop.shape[0] > height or x0 + crop.shape[1] > width:
                 raise ValueError(
-                    f"CropMasks: crop {i} of shape {crop.shape} at (y0={y0}, x0={x0}) "
-                    f"leaves the {height}x{width} frame"
+                    f"CropMasks: crop {i} of shape {crop.shape} at (y0={y0}, x0={x0}) leaves the {height}x{width} frame"
                 )
 
     def __len__(self) -> int:

@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     d2 = sub.add_parser("detectron2", help="fetch, verify and repack the detectron2 wheel")
     d2.add_argument("--out", type=Path, default=Path("wheels"), help="folder for the repacked wheel (default wheels/)")
-    d2.add_argument("--cache", type=Path, default=None, help="folder for the downloaded source wheel (default OUT/.cache)")
+    d2.add_argument(
+        "--cache", type=Path, default=None, help="folder for the downloaded source wheel (default OUT/.cache)"
+    )
     args = parser.parse_args(argv)
     try:
         print(build_detectron2(args.out, args.cache))

@@ -29,5 +29,7 @@ def mini_dir() -> Path:
     """The 95-image annotated pack; skips the test when it is absent."""
     path = mini_pack_dir()
     if path is None:
-        pytest.skip("larger annotated pack not found: set SARTORIUS_DATA to a competition-like folder (train.csv, train/)")
+        pytest.skip(
+            "larger annotated pack not found: set SARTORIUS_DATA to a competition-like folder (train.csv, train/)"
+        )
     return path
