@@ -17,6 +17,22 @@ from kernel_lib.config import (
 from kernel_lib.images import list_images, read_image, to_model_input
 from kernel_lib.masks import CropMasks
 
+# --- core: RLE, post-processing, submission, metric (issue 3) ---
+from kernel_lib.postprocess import Postprocessed, image_cell_type, postprocess
+from kernel_lib.rle import (
+    rle_decode,
+    rle_decode_crops,
+    rle_encode,
+    rle_encode_crops,
+    rle_encode_labels,
+    rle_encode_stack,
+    rle_problems,
+    rle_to_indices,
+)
+from kernel_lib.submission import Problem, validate_submission, write_submission
+
+# --- end core (issue 3) ---
+
 __all__ = [
     "CELL_TYPES",
     "IMAGE_SHAPE",
@@ -26,8 +42,22 @@ __all__ = [
     "EnsembleConfig",
     "InferenceConfig",
     "PostprocessConfig",
+    "Postprocessed",
+    "Problem",
+    "image_cell_type",
     "list_images",
     "load_config",
+    "postprocess",
     "read_image",
+    "rle_decode",
+    "rle_decode_crops",
+    "rle_encode",
+    "rle_encode_crops",
+    "rle_encode_labels",
+    "rle_encode_stack",
+    "rle_problems",
+    "rle_to_indices",
     "to_model_input",
+    "validate_submission",
+    "write_submission",
 ]

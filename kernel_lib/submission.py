@@ -1,0 +1,210 @@
+"""Write and validate ``submission.csv`` (``id,predicted``).
+
+One row per instance; an image with no instance gets one row with an empty
+``predicted``; every test id appears. :func:`validate_submission` checks what the
+competition's scorer checks: the columns, each RLE (pairs, positive, sorted, in the
+frame, no duplicated pixels), that no two masks of one image overlap, and (given the
+sample submission) that the ids are exactly the expected ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kernel_lib.config import IMAGE_SHAPE
+from kernel_lib.rle import parse_runs, rle_problems, runs_to_indices
+
+__all__ = ["SUBMISSION_COLUMNS", "Problem", "read_csv_columns", "validate_submission", "write_submission"]
+
+SUBMISSION_COLUMNS: tuple[str, str] = ("id", "predicted")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a submission.
+
+    Attributes:
+        id: the image id ("" when the problem is not about one image).
+        what: what is wrong.
+        where: where in the file (row numbers are 1-based data rows, the header is row 0).
+    """
+
+    id: str
+    what: str
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.id or '-'}: {self.what} ({self.where})"
+
+
+def write_submission(
+    predictions: Mapping[str, Sequence[str]],
+    path: str | Path,
+    ids: Sequence[str] | None = None,
+) -> Path:
+    """Write ``submission.csv``.
+
+    Args:
+        predictions: image id -> RLE strings of its instances (empty strings are skipped).
+        path: output file.
+        ids: every id that must appear, in this order (e.g. the test folder's or the
+            sample submission's); an id without predictions gets one empty row.
+            ``None``: the ids of ``predictions``, in its order.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``predictions`` has an id that ``ids`` lacks.
+    """
+    order = list(predictions) if ids is None else [str(i) for i in ids]
+    if ids is not None:
+        extra = sorted(set(predictions) - set(order))
+        if extra:
+            raise ValueError(
+                f"write_submission: predictions for {len(extra)} id(s) not among the expected ids, "
+                f"e.g. {extra[:3]}; pass ids that include them or drop those predictions"
+            )
+    bad_ids = [i for i in order if not i or any(ch in i for ch in ',"\n\r')]
+    if bad_ids:
+        raise ValueError(
+            f"write_submission: ids must be non-empty without commas, quotes or newlines, got {bad_ids[:3]}"
+        )
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        f.write("id,predicted\n")
+        lines: list[str] = []
+        for image_id in order:
+            rles = [r for r in predictions.get(image_id, ()) if r]
+            if rles:
+                lines.extend(f"{image_id},{r}\n" for r in rles)
+            else:
+                lines.append(f"{image_id},\n")
+        f.writelines(lines)
+    return path
+
+
+def read_csv_columns(path: str | Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
+    """Read a CSV as strings (empty cells stay ``""``) and check it has ``columns``.
+
+    Raises:
+        ValueError: the file is missing, not a CSV, or lacks a column; the message names
+            the file and ``fix``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file; {fix}")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable CSV ({reason}); {fix}") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}, found {list(df.columns)}; {fix}")
+    return df
+
+
+def _overlap_problems(image_id: str, rows: np.ndarray, rles: Sequence[str], shape: tuple[int, int]) -> list[Problem]:
+    """Pairs of masks of one image that share pixels (rles all valid, non-empty)."""
+    inst_runs, starts, lengths = parse_runs(rles, shape)
+    pix = runs_to_indices(starts, lengths)
+    inst = np.repeat(inst_runs, lengths)
+    order = np.argsort(pix, kind="stable")
+    pix, inst = pix[order], inst[order]
+    dup = np.flatnonzero(pix[1:] == pix[:-1])
+    if dup.size == 0:
+        return []
+    a, b = inst[dup], inst[dup + 1]
+    pairs, first, counts = np.unique(np.stack([a, b], 1), axis=0, return_index=True, return_counts=True)
+    problems = []
+    width = shape[1]
+    for (i, j), f, c in zip(pairs.tolist(), first.tolist(), counts.tolist()):
+        y, x = divmod(int(pix[dup[f]]), width)
+        problems.append(
+            Problem(
+                image_id,
+                f"masks overlap on {c} pixel(s), first at (y={y}, x={x})",
+                f"rows {rows[i]} and {rows[j]}",
+            )
+        )
+    return problems
+
+
+def validate_submission(
+    path: str | Path,
+    sample: str | Path | None = None,
+    shape: tuple[int, int] = IMAGE_SHAPE,
+) -> list[Problem]:
+    """Everything wrong with a submission file; ``[]`` when it is valid.
+
+    Args:
+        path: the submission CSV (``id,predicted``).
+        sample: the sample submission; when given, its ids must be exactly the
+            submission's ids.
+        shape: (H, W) of every image.
+
+    Returns:
+        One :class:`Problem` per bad row, overlapping pair, or missing / extra id.
+
+    Raises:
+        ValueError: the file (or the sample) is missing, not a CSV, or lacks the
+            ``id`` / ``predicted`` columns.
+    """
+    fix = "expected a CSV with header 'id,predicted' (see sample_submission.csv)"
+    df = read_csv_columns(path, SUBMISSION_COLUMNS, fix)
+    problems: list[Problem] = []
+    extra_cols = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
+    if extra_cols:
+        problems.append(Problem("", f"unexpected column(s) {extra_cols}", "header"))
+    ids = df["id"].str.strip().to_numpy()
+    rles = df["predicted"].to_numpy()
+    row_numbers = np.arange(1, len(df) + 1)
+    for r in row_numbers[ids == ""].tolist():
+        problems.append(Problem("", "empty id", f"row {r}"))
+
+    by_id: dict[str, list[int]] = {}
+    for k, image_id in enumerate(ids.tolist()):
+        if image_id:
+            by_id.setdefault(image_id, []).append(k)
+    for image_id, ks in by_id.items():
+        good: list[int] = []
+        empties: list[int] = []
+        for k in ks:
+            rle = rles[k]
+            if not rle.strip():
+                empties.append(k)
+                continue
+            bad = rle_problems(rle, shape)
+            if bad:
+                problems.extend(Problem(image_id, f"bad RLE: {b}", f"row {row_numbers[k]}") for b in bad)
+            else:
+                good.append(k)
+        if empties and len(ks) > len(empties):
+            problems.extend(
+                Problem(image_id, f"empty predicted row next to {len(ks) - len(empties)} instance row(s)", f"row {r}")
+                for r in row_numbers[empties].tolist()
+            )
+        elif len(empties) > 1:
+            problems.append(
+                Problem(image_id, f"{len(empties)} empty rows (one is enough)", f"rows {row_numbers[empties].tolist()}")
+            )
+        if len(good) > 1:
+            problems.extend(_overlap_problems(image_id, row_numbers[good], [rles[k] for k in good], shape))
+
+    if sample is not None:
+        sample_df = read_csv_columns(sample, ("id",), "pass the competition's sample_submission.csv as --sample")
+        expected = sample_df["id"].str.strip().tolist()
+        for image_id in expected:
+            if image_id not in by_id:
+                problems.append(Problem(image_id, "id of the sample submission missing", f"sample {sample}"))
+        expected_set = set(expected)
+        for image_id, ks in by_id.items():
+            if image_id not in expected_set:
+                problems.append(Problem(image_id, "id not in the sample submission", f"row {row_numbers[ks[0]]}"))
+    return problems

@@ -1,0 +1,155 @@
+"""Run-length codec: hand-worked strings, round-trips, the empty mask, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kernel_lib.masks import CropMasks
+from kernel_lib.rle import (
+    parse_runs,
+    rle_decode,
+    rle_decode_crops,
+    rle_encode,
+    rle_encode_crops,
+    rle_encode_labels,
+    rle_encode_stack,
+    rle_problems,
+    rle_to_indices,
+)
+
+
+def naive_encode(mask: np.ndarray) -> str:
+    """The public notebooks' encoder (row-major flatten, pad, diff)."""
+    pixels = np.concatenate([[0], mask.ravel().astype(np.int8), [0]])
+    runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+    runs[1::2] -= runs[0::2]
+    return " ".join(str(x) for x in runs)
+
+
+def test_hand_worked_3x4() -> None:
+    # row-major flat positions (1-based): row 0 -> 1..4, row 1 -> 5..8, row 2 -> 9..12
+    mask = np.array(
+        [
+            [0, 1, 1, 0],  # pixels 2, 3
+            [0, 0, 0, 1],  # pixel 8, which continues onto row 2's pixel 9
+            [1, 0, 0, 1],  # pixels 9, 12
+        ],
+        bool,
+    )
+    assert rle_encode(mask) == "2 2 8 2 12 1"
+    assert rle_to_indices("2 2 8 2 12 1", (3, 4)).tolist() == [1, 2, 7, 8, 11]
+    np.testing.assert_array_equal(rle_decode("2 2 8 2 12 1", (3, 4)), mask)
+
+
+def test_empty_mask_and_empty_stack() -> None:
+    assert rle_encode(np.zeros((5, 6), bool)) == ""
+    assert rle_decode("", (5, 6)).sum() == 0
+    assert rle_decode("", (5, 6)).shape == (5, 6)
+    assert rle_to_indices("", (5, 6)).size == 0
+    assert rle_encode_stack(np.zeros((0, 5, 6), bool)) == []
+    assert rle_encode_crops(CropMasks.empty((5, 6))) == []
+    assert rle_encode_labels(np.zeros((5, 6), np.int32), 0) == []
+    assert rle_encode_labels(np.zeros((5, 6), np.int32), 2) == ["", ""]
+    assert len(rle_decode_crops([], (5, 6))) == 0
+
+
+def test_full_frame_is_one_run() -> None:
+    assert rle_encode(np.ones((3, 4), bool)) == "1 12"
+
+
+def test_large_numbers_format() -> None:
+    # many digits: starts near the end of a 520x704 frame
+    mask = np.zeros((520, 704), bool)
+    mask[519, 700:] = True  # flat 519*704+700 = 366076 -> start 366077, length 4
+    mask[0, 0] = True
+    assert rle_encode(mask) == "1 1 366077 4"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_all_encoders_agree_and_round_trip(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(1, 15)), int(rng.integers(1, 15))
+    stack = rng.random((6, h, w)) < rng.uniform(0.1, 0.9)
+    stack[2] = False  # one empty mask
+    expected = [naive_encode(m) for m in stack]
+    assert rle_encode_stack(stack) == expected
+    assert [rle_encode(m) for m in stack] == expected
+    assert rle_encode_crops(CropMasks.from_stack(stack)) == expected
+    decoded = rle_decode_crops(expected, (h, w))
+    np.testing.assert_array_equal(decoded.to_stack(), stack)
+    assert decoded.crops[2].shape == (0, 0)
+    for rle, mask in zip(expected, stack):
+        np.testing.assert_array_equal(rle_decode(rle, (h, w)), mask)
+
+
+def test_crops_touching_frame_edges_merge_across_rows() -> None:
+    # a full-width crop: runs continue from the end of one row to the start of the next
+    crop = np.array([[0, 0, 1], [1, 1, 1], [1, 0, 0]], bool)
+    masks = CropMasks((crop, np.ones((1, 1), bool)), np.array([[1, 0], [0, 2]]), (4, 3))
+    # frame rows 1..3 hold the crop: flat 1-based pixels 6, 7, 8, 9, 10 -> one run "6 5"
+    assert rle_encode_crops(masks) == ["6 5", "3 1"]
+
+
+def test_labels_match_stack() -> None:
+    labels = np.array([[1, 1, 0, 2], [2, 2, 0, 0], [0, 3, 3, 3]], np.int32)
+    # label 1: pixels 1,2; label 2: pixels 4,5,6 (row wrap); label 3: 10,11,12
+    assert rle_encode_labels(labels, 3) == ["1 2", "4 3", "10 3"]
+    assert rle_encode_labels(labels, 4) == ["1 2", "4 3", "10 3", ""]
+    stack = np.stack([labels == k for k in (1, 2, 3)])
+    assert rle_encode_stack(stack) == rle_encode_labels(labels, 3)
+
+
+def test_labels_out_of_range() -> None:
+    with pytest.raises(ValueError, match=r"labels in 0\.\.2"):
+        rle_encode_labels(np.array([[0, 3]]), 2)
+    with pytest.raises(ValueError, match="integer label image"):
+        rle_encode_labels(np.array([[0.5]]), 1)
+
+
+@pytest.mark.parametrize(
+    ("rle", "fragment"),
+    [
+        ("1 2 3", "odd number"),
+        ("1 x", "non-integer"),
+        ("1.5 2", "non-integer"),
+        ("0 3", "1-indexed"),
+        ("-1 3", "non-integer"),  # '-' is not a digit: negative starts are refused as tokens
+        ("4 0", "length 0 < 1"),
+        ("11 3", "beyond the 3x4 frame"),  # pixels 11, 12, 13 of 12
+        ("5 1 2 1", "unsorted"),
+        ("2 3 4 1", "duplicated pixels"),
+    ],
+)
+def test_problems(rle: str, fragment: str) -> None:
+    problems = rle_problems(rle, (3, 4))
+    assert problems and fragment in " ".join(problems)
+    with pytest.raises(ValueError, match="RLE"):
+        rle_decode(rle, (3, 4))
+    with pytest.raises(ValueError, match="RLE"):
+        rle_decode_crops(["1 1", rle], (3, 4))
+
+
+def test_valid_strings_have_no_problems() -> None:
+    assert rle_problems("", (3, 4)) == []
+    assert rle_problems("1 2 3 1 12 1", (3, 4)) == []  # touching runs are allowed
+    assert rle_problems(" 1  2 ", (3, 4)) == []
+
+
+def test_parse_runs_groups_by_string() -> None:
+    inst, starts, lengths = parse_runs(["1 2 5 1", "", "3 1"], (3, 4))
+    assert inst.tolist() == [0, 0, 2]
+    assert starts.tolist() == [0, 4, 2]  # 0-based
+    assert lengths.tolist() == [2, 1, 1]
+
+
+def test_real_annotations_round_trip(data_dir) -> None:
+    df = pd.read_csv(data_dir / "train.csv")
+    one = df[df["id"] == df["id"].iloc[0]]
+    rles = one["annotation"].tolist()
+    masks = rle_decode_crops(rles, (520, 704))
+    assert rle_encode_crops(masks) == rles
+    stack = masks.to_stack()
+    assert rle_encode_stack(stack) == rles
+    assert masks.areas().tolist() == [int(rle_decode(r).sum()) for r in rles]
