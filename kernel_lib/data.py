@@ -1,0 +1,331 @@
+"""train.csv -> detectron2 dataset dicts, with broken annotations reported (no torch).
+
+Each annotated image becomes one detectron2 dataset dict::
+
+    {"file_name": ".../train/<id>.png", "image_id": "<id>", "height": 520, "width": 704,
+     "cell_type": "astro",
+     "annotations": [{"bbox": [x0, y0, x1, y1], "bbox_mode": 0 (XYXY_ABS),
+                      "category_id": CELL_TYPES.index(cell_type),
+                      "segmentation": {"size": [520, 704], "counts": b"..."},  # COCO RLE
+                      "row": 17}, ...]}
+
+``segmentation`` is a pycocotools compressed RLE (column-major, as COCO stores it),
+which detectron2's ``transform_instance_annotations`` / ``annotations_to_instances``
+decode into bitmasks (``INPUT.MASK_FORMAT = "bitmask"``). ``bbox`` is the tight box of
+the mask in detectron2's continuous coordinates (last pixel + 1). ``row`` is the
+instance's 0-based data row in train.csv (file line ``row + 2``).
+
+Every row is checked before it is used; a row that fails a check is left out and
+reported as an :class:`AnnotationProblem`, never trained on:
+
+- empty annotation (no run, or blank);
+- malformed RLE (non-integer tokens, odd count, start < 1, length < 1, unsorted or
+  overlapping runs) or runs leaving the frame (:func:`kernel_lib.rle.rle_problems`);
+- ``width``/``height`` that are not those of the image file;
+- a ``cell_type`` not in :data:`~kernel_lib.config.CELL_TYPES`, or not the image's;
+- a duplicated row (the same pixels as an earlier row of the same image).
+
+Images whose file is missing or unreadable, or with no valid row left, are reported
+(``row = -1``) and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pycocotools.mask as mask_util
+
+from kernel_lib.config import CELL_TYPES
+from kernel_lib.images import IMAGE_SUFFIXES, read_image
+from kernel_lib.masks import CropMasks
+from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices
+
+XYXY_ABS = 0
+"""``detectron2.structures.BoxMode.XYXY_ABS`` (an IntEnum; kept as an int to stay torch-free)."""
+
+TRAIN_COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type")
+"""Columns of the competition's train.csv that training reads."""
+
+IMAGE_ROW = -1
+"""``AnnotationProblem.row`` of a problem about a whole image rather than one row."""
+
+
+@dataclass(frozen=True)
+class AnnotationProblem:
+    """One annotation (or image) left out of training, and why.
+
+    Attributes:
+        id: the image id.
+        row: 0-based data row of train.csv (file line ``row + 2``), or
+            :data:`IMAGE_ROW` (-1) for a problem about the whole image.
+        what: what is wrong, in words.
+    """
+
+    id: str
+    row: int
+    what: str
+
+    def __str__(self) -> str:
+        where = "image" if self.row == IMAGE_ROW else f"row {self.row} (line {self.row + 2})"
+        return f"{self.id} {where}: {self.what}"
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What :func:`load_dataset_dicts` returns.
+
+    Attributes:
+        dicts: detectron2 dataset dicts, one per usable image, in ``ids`` order.
+        problems: every row or image left out, in file order.
+        rows: the train.csv rows that were used (the DataFrame's index is the 0-based
+            data row), columns ``id, annotation, width, height, cell_type``.
+    """
+
+    dicts: list[dict[str, Any]]
+    problems: list[AnnotationProblem]
+    rows: pd.DataFrame
+
+    def problems_frame(self) -> pd.DataFrame:
+        """``problems`` as DataFrame[id, row, what]."""
+        return pd.DataFrame([(p.id, p.row, p.what) for p in self.problems], columns=["id", "row", "what"]).astype(
+            {"row": np.int64}
+        )
+
+
+def read_train_csv(path: str | Path) -> pd.DataFrame:
+    """Read train.csv as strings (``annotation`` "" when blank), checking its columns.
+
+    Returns:
+        DataFrame with at least ``id, annotation, width, height, cell_type``, index =
+        0-based data row.
+
+    Raises:
+        ValueError: the file is missing, unreadable or lacks a column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"train csv {path} does not exist; pass the competition folder that holds train.csv and train/"
+        )
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"train csv {path} is not a readable CSV ({err})") from None
+    missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"train csv {path}: expected columns {list(TRAIN_COLUMNS)}, missing {missing}")
+    return df.reset_index(drop=True)
+
+
+def coco_rle(indices: np.ndarray, shape: tuple[int, int]) -> dict[str, Any]:
+    """pycocotools compressed RLE of the pixels at row-major flat ``indices``.
+
+    Args:
+        indices: (K,) int flat 0-based row-major indices (any order, no repeats).
+        shape: (H, W) of the frame.
+
+    Returns:
+        ``{"size": [H, W], "counts": bytes}`` (COCO runs are column-major).
+    """
+    height, width = shape
+    ys, xs = np.divmod(np.asarray(indices, np.int64), width)
+    col_major = np.sort(xs * height + ys)
+    if col_major.size:
+        breaks = np.flatnonzero(np.diff(col_major) != 1) + 1
+        starts = col_major[np.concatenate(([0], breaks))]
+        ends = col_major[np.concatenate((breaks - 1, [col_major.size - 1]))] + 1
+        gaps = starts - np.concatenate(([0], ends[:-1]))
+        counts = np.empty(2 * starts.size + 1, np.int64)
+        counts[0:-1:2] = gaps
+        counts[1::2] = ends - starts
+        counts[-1] = height * width - ends[-1]
+    else:
+        counts = np.array([height * width], np.int64)
+    return mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
+
+
+def segmentation_mask(segmentation: dict[str, Any]) -> np.ndarray:
+    """(H, W) bool mask of a dataset dict's ``segmentation`` (COCO RLE)."""
+    return mask_util.decode(segmentation).astype(bool)
+
+
+def _image_path(image_dir: Path, image_id: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES:
+        path = image_dir / f"{image_id}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _as_int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def check_image_rows(
+    image_id: str, rows: pd.DataFrame, shape: tuple[int, int]
+) -> tuple[list[tuple[int, np.ndarray]], list[AnnotationProblem]]:
+    """Check the train.csv rows of one image against its frame.
+
+    Args:
+        image_id: the image id (every row's ``id``).
+        rows: its rows (index = 0-based data row), columns as :data:`TRAIN_COLUMNS`.
+        shape: (H, W) of the image file.
+
+    Returns:
+        ``(valid, problems)``: ``valid`` = [(row, (K,) int64 flat row-major indices)] in
+        row order; ``problems`` = one :class:`AnnotationProblem` per row left out.
+    """
+    height, width = shape
+    problems: list[AnnotationProblem] = []
+    valid: list[tuple[int, np.ndarray]] = []
+    types = [t for t in rows["cell_type"] if t in CELL_TYPES]
+    image_type = max(set(types), key=types.count) if types else None
+    seen: dict[bytes, int] = {}
+    for row, ann, w_text, h_text, cell_type in zip(
+        rows.index, rows["annotation"], rows["width"], rows["height"], rows["cell_type"]
+    ):
+        row = int(row)
+
+        def report(what: str, row: int = row) -> None:
+            problems.append(AnnotationProblem(image_id, row, what))
+
+        if cell_type not in CELL_TYPES:
+            report(f"unknown cell_type {cell_type!r}; expected one of {list(CELL_TYPES)}")
+            continue
+        if cell_type != image_type:
+            report(f"cell_type {cell_type!r} differs from the image's {image_type!r}")
+            continue
+        w, h = _as_int(w_text), _as_int(h_text)
+        if (h, w) != (height, width):
+            report(f"width x height {w_text} x {h_text} in train.csv, but the image file is {width} x {height}")
+            continue
+        if not ann.strip():
+            report("empty annotation (no run)")
+            continue
+        found = rle_problems(ann, shape)
+        if found:
+            report(f"malformed RLE: {'; '.join(found)}")
+            continue
+        indices = rle_to_indices(ann, shape)
+        if indices.size == 0:
+            report("empty annotation (no pixel)")
+            continue
+        key = hashlib.sha1(indices.tobytes()).digest()
+        if key in seen:
+            report(f"duplicate of row {seen[key]} (same pixels)")
+            continue
+        seen[key] = row
+        valid.append((row, indices))
+    return valid, problems
+
+
+def _record(
+    image_id: str, path: Path, shape: tuple[int, int], cell_type: str, valid: Sequence[tuple[int, np.ndarray]]
+) -> dict[str, Any]:
+    height, width = shape
+    category = CELL_TYPES.index(cell_type)
+    annotations = []
+    for row, indices in valid:
+        ys, xs = np.divmod(indices, width)
+        annotations.append(
+            {
+                "bbox": [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)],
+                "bbox_mode": XYXY_ABS,
+                "category_id": category,
+                "segmentation": coco_rle(indices, shape),
+                "row": row,
+            }
+        )
+    return {
+        "file_name": str(path),
+        "image_id": image_id,
+        "height": height,
+        "width": width,
+        "cell_type": cell_type,
+        "annotations": annotations,
+    }
+
+
+def load_dataset_dicts(
+    data_dir: str | Path,
+    ids: Iterable[str] | None = None,
+    *,
+    train_csv: str | Path | None = None,
+    image_dir: str | Path | None = None,
+) -> TrainingData:
+    """detectron2 dataset dicts for the annotated images of a competition folder.
+
+    Args:
+        data_dir: folder holding ``train.csv`` and ``train/<id>.png``.
+        ids: images to load (e.g. one fold's training ids), in this order; ``None``
+            loads every image of train.csv, sorted by id. An id without rows or
+            without an image file is reported, not an error.
+        train_csv: train.csv to read instead of ``data_dir/train.csv``.
+        image_dir: image folder instead of ``data_dir/train``.
+
+    Returns:
+        :class:`TrainingData` (dicts, problems, rows used).
+
+    Raises:
+        ValueError: train.csv is missing or lacks a column, or not one image is usable
+            (the message names the first problems).
+    """
+    data_dir = Path(data_dir)
+    csv_path = Path(train_csv) if train_csv is not None else data_dir / "train.csv"
+    image_dir = Path(image_dir) if image_dir is not None else data_dir / "train"
+    if not image_dir.is_dir():
+        raise ValueError(f"image folder {image_dir} does not exist; pass the competition folder (train.csv, train/)")
+    df = read_train_csv(csv_path)
+    groups = dict(tuple(df.groupby("id", sort=True)))
+    wanted = sorted(groups) if ids is None else list(dict.fromkeys(ids))
+
+    dicts: list[dict[str, Any]] = []
+    problems: list[AnnotationProblem] = []
+    used: list[int] = []
+    for image_id in wanted:
+        rows = groups.get(image_id)
+        if rows is None:
+            problems.append(AnnotationProblem(image_id, IMAGE_ROW, f"no row in {csv_path}; image left out"))
+            continue
+        path = _image_path(image_dir, image_id)
+        if path is None:
+            problems.append(
+                AnnotationProblem(image_id, IMAGE_ROW, f"no image file {image_dir / image_id}.png; left out")
+            )
+            continue
+        try:
+            shape = read_image(path).shape
+        except ValueError as err:
+            problems.append(AnnotationProblem(image_id, IMAGE_ROW, f"{err}; left out"))
+            continue
+        valid, found = check_image_rows(image_id, rows, (int(shape[0]), int(shape[1])))
+        problems.extend(found)
+        if not valid:
+            problems.append(AnnotationProblem(image_id, IMAGE_ROW, "no valid annotation left; image left out"))
+            continue
+        cell_type = str(rows.loc[valid[0][0], "cell_type"])
+        dicts.append(_record(image_id, path, (int(shape[0]), int(shape[1])), cell_type, valid))
+        used.extend(row for row, _ in valid)
+    if not dicts:
+        shown = "; ".join(str(p) for p in problems[:3]) or "no id given"
+        raise ValueError(f"no usable annotated image in {data_dir} ({len(wanted)} asked for): {shown}")
+    problems.sort(key=lambda p: (p.row if p.row != IMAGE_ROW else np.iinfo(np.int64).max, p.id))
+    rows_used = df.loc[sorted(used), list(TRAIN_COLUMNS)]
+    return TrainingData(dicts, problems, rows_used)
+
+
+def record_masks(record: dict[str, Any]) -> CropMasks:
+    """The instance masks of one dataset dict, as :class:`CropMasks` in annotation order."""
+    shape = (int(record["height"]), int(record["width"]))
+    pieces = [np.flatnonzero(segmentation_mask(a["segmentation"]).ravel()) for a in record["annotations"]]
+    if not pieces:
+        return CropMasks.empty(shape)
+    inst = np.repeat(np.arange(len(pieces)), [p.size for p in pieces])
+    return crops_from_indices(inst, np.concatenate(pieces).astype(np.int64), len(pieces), shape)

@@ -1,0 +1,718 @@
+"""Train one fold model (detectron2 Mask R-CNN) into the folder layout ``predict`` reads.
+
+``train_fold(TrainOptions(...))`` trains on the images of a folds file whose fold is not
+K and leaves ``OUT/<name>/`` (``name`` defaults to ``fold<K>``)::
+
+    config.yaml            the detectron2 config the weights belong to (inference reads it)
+    model_final.pth        {"model": state_dict} (weights only)
+    meta.json              {"fold": K, "heldout_score": ..., "heldout_per_cell_type": {...}, ...}
+    metrics.json           detectron2's loss log, one JSON line per logged iteration
+    log.txt                the training log
+    heldout_scores.csv     id, cell_type, score of every held-out image
+    annotation_problems.csv  rows left out of training (see kernel_lib.data)
+
+Recipe (the seeds'): Mask R-CNN R50-FPN from :func:`kernel_lib.d2config.sartorius_config`
+(3 classes, 1,000 detections, small anchors, bitmask masks) or any detectron2 config;
+augmentation = multi-scale ``ResizeShortestEdge``, optional random crop, horizontal and
+vertical flips, exact 90-degree rotations, brightness and contrast; mixed precision on
+CUDA; several GPUs through ``detectron2.engine.launch`` (one process per GPU, DDP).
+Weights start from a local file only; with none the model trains from scratch (then
+the backbone's frozen batch-norm layers, which would stay at their random start,
+become GroupNorm and no stage is frozen). At the end the fold's held-out images are
+predicted by the bundle's own pipeline (:mod:`kernel_lib.pipeline`) and scored with
+the competition metric (:mod:`kernel_lib.metric`).
+
+Images are read by :func:`kernel_lib.images.read_image` / ``to_model_input``, exactly as
+inference reads them. Imports torch and detectron2.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import detection_utils as d2utils
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultTrainer, hooks, launch
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.logger import setup_logger
+
+from kernel_lib.config import CELL_TYPES, Config
+from kernel_lib.d2config import ARCHS, sartorius_config
+from kernel_lib.data import TrainingData, load_dataset_dicts
+from kernel_lib.folds import read_folds
+from kernel_lib.images import read_image, to_model_input
+
+logger = logging.getLogger("kernel_lib.train")
+
+WRITER_PERIOD = 20
+"""Iterations between two lines of the loss log (fewer when training is shorter)."""
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training augmentation (applied in this order after the multi-scale resize).
+
+    Attributes:
+        crop: side in pixels of a random square crop taken after the resize; 0 keeps
+            the whole image; range [0, 4096]. Cropping keeps cells at their size while
+            making each iteration cheaper (CPU runs, tests).
+        hflip: random horizontal flip (p = 0.5).
+        vflip: random vertical flip (p = 0.5).
+        rot90: random rotation by 0, 90, 180 or 270 degrees (exact, no interpolation).
+        brightness: (min, max) brightness factor, uniform; range [0, 4], min <= max;
+            (1, 1) turns it off.
+        contrast: (min, max) contrast factor around the image mean; same range.
+    """
+
+    crop: int = 0
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    brightness: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.8, 1.2)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.crop <= 4096:
+            raise ValueError(f"crop: expected a side in [0, 4096] pixels (0 = no crop), got {self.crop!r}")
+        for name in ("brightness", "contrast"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi <= 4.0:
+                raise ValueError(f"{name}: expected (min, max) with 0 <= min <= max <= 4, got {(lo, hi)!r}")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything one fold's training run needs (what ``python -m kernel_lib train`` takes).
+
+    Attributes:
+        data_dir: competition folder (train.csv, train/<id>.png).
+        folds_csv: folds file ``id,cell_type,fold`` (``python -m kernel_lib folds``).
+        fold: K; trains on the images whose fold is not K, scores on those whose fold is K.
+        out_dir: models folder; the fold lands in ``out_dir/name``.
+        name: fold folder name; "" gives ``fold<K>``.
+        base_config: a detectron2 config file or model-zoo name; "" uses
+            :func:`~kernel_lib.d2config.sartorius_config` (``arch``).
+        arch: a key of :data:`kernel_lib.d2config.ARCHS` (when ``base_config`` is "").
+        init_weights: local .pth/.pkl file to start from; "" trains from scratch.
+        iters: training iterations (>= 1).
+        batch: images per iteration, over all GPUs (>= 1, a multiple of ``num_gpus``).
+        lr: base learning rate; 0 gives 0.02 * batch / 16 (linear scaling of the
+            detectron2 COCO schedule).
+        device: "cpu" or "cuda" ("auto" picks CUDA when available).
+        num_gpus: processes (one per GPU) started by detectron2's launcher.
+        amp: mixed precision (only on CUDA).
+        min_sizes: short-edge sizes the resize picks from (scale jitter); () keeps the
+            base config's ``INPUT.MIN_SIZE_TRAIN``.
+        max_size: longest edge after the resize; 0 keeps the base config's.
+        test_size: ``INPUT.MIN_SIZE_TEST`` written to config.yaml; 0 keeps the base
+            config's. Keep it in the range of ``min_sizes``.
+        augment: :class:`AugmentSettings`.
+        eval_period: also score the held-out images every this many iterations (0: only
+            at the end).
+        eval_config: a pipeline config JSON (``tune``'s) for the held-out scoring; ""
+            uses the defaults (:class:`kernel_lib.config.Config`).
+        heldout: score the held-out images at the end.
+        checkpoint_period: iterations between checkpoints (for ``resume``).
+        keep_checkpoints: keep the periodic checkpoints (with optimizer state) after a
+            finished run; by default they are deleted and ``model_final.pth`` holds
+            only the weights.
+        resume: continue from the fold folder's last checkpoint.
+        workers: data-loader processes per GPU.
+        seed: random seed (numpy, torch, python; +rank per process).
+        max_images: use at most this many training images (0: all); for smoke tests.
+    """
+
+    data_dir: str
+    folds_csv: str
+    fold: int
+    out_dir: str
+    name: str = ""
+    base_config: str = ""
+    arch: str = "R50"
+    init_weights: str = ""
+    iters: int = 3000
+    batch: int = 2
+    lr: float = 0.0
+    device: str = "auto"
+    num_gpus: int = 1
+    amp: bool = True
+    min_sizes: tuple[int, ...] = ()
+    max_size: int = 0
+    test_size: int = 0
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    eval_period: int = 0
+    eval_config: str = ""
+    heldout: bool = True
+    checkpoint_period: int = 1000
+    keep_checkpoints: bool = False
+    resume: bool = False
+    workers: int = 2
+    seed: int = 0
+    max_images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fold < 0:
+            raise ValueError(f"fold: expected an integer >= 0, got {self.fold}")
+        if self.iters < 1:
+            raise ValueError(f"iters: expected >= 1, got {self.iters}")
+        if self.num_gpus < 1:
+            raise ValueError(f"num_gpus: expected >= 1, got {self.num_gpus}")
+        if self.batch < 1 or self.batch % self.num_gpus:
+            raise ValueError(f"batch: expected a positive multiple of num_gpus ({self.num_gpus}), got {self.batch}")
+        if self.lr < 0:
+            raise ValueError(f"lr: expected >= 0 (0 = linear scaling), got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
+        if not self.base_config and self.arch not in ARCHS:
+            raise ValueError(f"arch: expected one of {sorted(ARCHS)}, got {self.arch!r}")
+        if any(s < 32 for s in self.min_sizes) or self.max_size < 0 or self.test_size < 0:
+            raise ValueError(
+                f"sizes: expected min_sizes >= 32 and max_size, test_size >= 0 (0 = keep), "
+                f"got {self.min_sizes}, {self.max_size}, {self.test_size}"
+            )
+        for name in ("eval_period", "checkpoint_period", "workers", "max_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+
+    @property
+    def fold_name(self) -> str:
+        return self.name or f"fold{self.fold}"
+
+    @property
+    def fold_dir(self) -> Path:
+        return Path(self.out_dir) / self.fold_name
+
+    def resolved_device(self) -> str:
+        """ "cpu" or "cuda"; raises ``ValueError`` for cuda without a CUDA device."""
+        cuda = torch.cuda.is_available()
+        device = ("cuda" if cuda else "cpu") if self.device == "auto" else self.device
+        if device == "cuda" and not cuda:
+            raise ValueError("device: cuda asked for, but torch sees no CUDA device; use --device cpu")
+        if device == "cpu" and self.num_gpus > 1:
+            raise ValueError(f"num_gpus: {self.num_gpus} processes need --device cuda; on the CPU use --num-gpus 1")
+        if device == "cuda" and self.num_gpus > torch.cuda.device_count():
+            raise ValueError(f"num_gpus: {self.num_gpus} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+        return device
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """The images of one fold: training ids and held-out ids (both sorted)."""
+
+    fold: int
+    train_ids: tuple[str, ...]
+    heldout_ids: tuple[str, ...]
+
+
+def fold_split(folds_csv: str | Path, fold: int) -> FoldSplit:
+    """Training and held-out ids of fold ``fold`` of a folds file.
+
+    Raises:
+        ValueError: the folds file is bad (see :func:`kernel_lib.folds.read_folds`), or
+            ``fold`` is not one of its folds, or it leaves no training image.
+    """
+    folds = read_folds(folds_csv)
+    present = sorted(set(folds["fold"].tolist()))
+    if fold not in present:
+        raise ValueError(f"fold {fold} is not in {folds_csv}; its folds are {present}")
+    heldout = folds["fold"] == fold
+    train_ids = tuple(sorted(folds.loc[~heldout, "id"]))
+    if not train_ids:
+        raise ValueError(f"{folds_csv}: fold {fold} holds every image; nothing left to train on")
+    return FoldSplit(fold, train_ids, tuple(sorted(folds.loc[heldout, "id"])))
+
+
+# ---------------------------------------------------------------------------- augmentation
+
+
+class Rot90Transform(T.Transform):
+    """Rotate by ``k`` x 90 degrees counter-clockwise (``np.rot90``), exactly.
+
+    Coordinates are detectron2's continuous ones (pixel (r, c) spans x in [c, c+1],
+    y in [r, r+1]); one quarter turn of a (h, w) image maps (x, y) -> (y, w - x).
+    """
+
+    def __init__(self, h: int, w: int, k: int) -> None:
+        super().__init__()
+        self._set_attributes({"h": h, "w": w, "k": k % 4})
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.rot90(img, self.k, axes=(0, 1)))
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return self.apply_image(segmentation)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        coords = np.asarray(coords, dtype=np.float64).copy()
+        h, w = float(self.h), float(self.w)
+        for _ in range(self.k):
+            x = coords[:, 0].copy()
+            coords[:, 0] = coords[:, 1]
+            coords[:, 1] = w - x
+            h, w = w, h
+        return coords
+
+    def inverse(self) -> T.Transform:
+        h, w = (self.w, self.h) if self.k % 2 else (self.h, self.w)
+        return Rot90Transform(h, w, (4 - self.k) % 4)
+
+
+class RandomRot90(T.Augmentation):
+    """Rotate by 0, 90, 180 or 270 degrees, uniformly at random."""
+
+    def get_transform(self, image: np.ndarray) -> T.Transform:
+        k = int(np.random.randint(4))
+        if k == 0:
+            return T.NoOpTransform()
+        return Rot90Transform(image.shape[0], image.shape[1], k)
+
+
+def build_augmentations(cfg: CfgNode, augment: AugmentSettings) -> list[T.Augmentation]:
+    """The training augmentation list: multi-scale resize from ``cfg.INPUT`` then ``augment``."""
+    augs: list[T.Augmentation] = [
+        T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+    ]
+    if augment.crop:
+        augs.append(T.RandomCrop("absolute", (augment.crop, augment.crop)))
+    if augment.hflip:
+        augs.append(T.RandomFlip(prob=0.5, horizontal=True, vertical=False))
+    if augment.vflip:
+        augs.append(T.RandomFlip(prob=0.5, horizontal=False, vertical=True))
+    if augment.rot90:
+        augs.append(RandomRot90())
+    if augment.brightness != (1.0, 1.0):
+        augs.append(T.RandomBrightness(*augment.brightness))
+    if augment.contrast != (1.0, 1.0):
+        augs.append(T.RandomContrast(*augment.contrast))
+    return augs
+
+
+class SartoriusMapper:
+    """Dataset dict -> model input: image read like inference, augmented, bitmask instances.
+
+    Boxes are recomputed from the transformed masks (tight boxes, as detectron2's own
+    mapper does when it crops), and instances left empty by a crop are dropped.
+    """
+
+    def __init__(self, augmentations: list[T.Augmentation], image_format: str = "BGR") -> None:
+        if image_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT: expected BGR or RGB (grey images), got {image_format!r}")
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = copy.deepcopy(record)
+        image = to_model_input(read_image(record["file_name"]))  # grey repeated: BGR == RGB
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        size = image.shape[:2]
+        annotations = [d2utils.transform_instance_annotations(a, transforms, size) for a in record.pop("annotations")]
+        instances = d2utils.annotations_to_instances(annotations, size, mask_format="bitmask")
+        # boxes from the transformed masks: a cropped cell's box is the box of what is left of it
+        instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        record["instances"] = d2utils.filter_empty_instances(instances)
+        record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return record
+
+
+# -------------------------------------------------------------------------------- config
+
+
+def build_config(opts: TrainOptions, device: str) -> CfgNode:
+    """The detectron2 config of a fold run (also what config.yaml records)."""
+    if opts.base_config:
+        cfg = get_cfg()
+        path = Path(opts.base_config)
+        if not path.is_file():
+            from detectron2 import model_zoo
+
+            try:
+                path = Path(model_zoo.get_config_file(opts.base_config))
+            except RuntimeError:
+                raise ValueError(
+                    f"--config {opts.base_config}: no such file and not a detectron2 model-zoo config name"
+                ) from None
+        cfg.merge_from_file(str(path))
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(CELL_TYPES)
+        cfg.MODEL.RETINANET.NUM_CLASSES = len(CELL_TYPES)
+        if cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads":
+            pass  # cascade stages share NUM_CLASSES
+        cfg.INPUT.MASK_FORMAT = "bitmask"
+    else:
+        cfg = sartorius_config(opts.arch)
+    cfg.MODEL.DEVICE = device
+    if opts.init_weights:
+        weights = Path(opts.init_weights)
+        if "://" in opts.init_weights or not weights.is_file():
+            raise ValueError(
+                f"--init-weights {opts.init_weights}: expected a local .pth/.pkl file (no download at run time); "
+                "omit it to train from scratch"
+            )
+        cfg.MODEL.WEIGHTS = str(weights.resolve())
+    else:
+        cfg.MODEL.WEIGHTS = ""
+        if cfg.MODEL.RESNETS.NORM == "FrozenBN":
+            cfg.MODEL.RESNETS.NORM = "GN"
+            cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+            cfg.MODEL.FPN.NORM = "GN"
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    if opts.min_sizes:
+        cfg.INPUT.MIN_SIZE_TRAIN = tuple(opts.min_sizes)
+        cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    if opts.max_size:
+        cfg.INPUT.MAX_SIZE_TRAIN = opts.max_size
+        cfg.INPUT.MAX_SIZE_TEST = opts.max_size
+    if opts.test_size:
+        cfg.INPUT.MIN_SIZE_TEST = opts.test_size
+    cfg.SOLVER.IMS_PER_BATCH = opts.batch
+    cfg.SOLVER.BASE_LR = opts.lr or 0.02 * opts.batch / 16
+    cfg.SOLVER.MAX_ITER = opts.iters
+    cfg.SOLVER.STEPS = tuple(sorted({max(1, int(opts.iters * 0.7)), max(1, int(opts.iters * 0.9))}))
+    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, opts.iters // 10))
+    cfg.SOLVER.CHECKPOINT_PERIOD = opts.checkpoint_period or opts.iters
+    cfg.SOLVER.AMP.ENABLED = bool(opts.amp and device == "cuda")
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
+    cfg.DATALOADER.NUM_WORKERS = opts.workers
+    cfg.DATASETS.TRAIN = (_dataset_name(opts),)
+    cfg.DATASETS.TEST = ()
+    cfg.TEST.EVAL_PERIOD = opts.eval_period
+    cfg.OUTPUT_DIR = str(opts.fold_dir)
+    cfg.SEED = opts.seed
+    return cfg
+
+
+def _dataset_name(opts: TrainOptions) -> str:
+    return f"sartorius_{opts.fold_name}_train"
+
+
+# ------------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class HeldoutScore:
+    """Competition-metric score of models on annotated images.
+
+    Attributes:
+        score: mean image score.
+        per_cell_type: cell type -> mean image score (types present only).
+        per_image: DataFrame[id, cell_type, score].
+        n_images: images scored.
+        seconds: wall time of prediction and scoring.
+    """
+
+    score: float
+    per_cell_type: dict[str, float]
+    per_image: pd.DataFrame
+    n_images: int
+    seconds: float
+
+
+def score_models(models_dir: str | Path, data: TrainingData, config: Config | None = None) -> HeldoutScore:
+    """Predict ``data``'s images with every model of ``models_dir`` through the bundle's
+    pipeline (ensemble, TTA, post-processing of ``config``) and score them.
+
+    Args:
+        models_dir: a models folder (``<name>/config.yaml`` + ``model_final.pth``).
+        data: annotated images (:func:`kernel_lib.data.load_dataset_dicts`); rows
+            left out as problems are not part of the truth.
+        config: pipeline config; defaults to :class:`kernel_lib.config.Config`.
+    """
+    from kernel_lib.metric import score_submission
+    from kernel_lib.pipeline import finalize, load_models, predict_instances
+    from kernel_lib.rle import rle_encode_crops
+
+    config = config or Config()
+    start = time.perf_counter()
+    models = load_models(models_dir, config)
+    paths = [Path(record["file_name"]) for record in data.dicts]
+    rows: list[tuple[str, str]] = []
+    for image_id, grey, instances in predict_instances(paths, models, config):
+        kept = finalize(instances, grey.shape, config.postprocess)
+        rles = rle_encode_crops(kept.masks) or [""]  # an image with no instance: one empty row
+        rows.extend((image_id, rle) for rle in rles)
+    predicted = pd.DataFrame(rows, columns=["id", "predicted"])
+    report = score_submission(data.rows, predicted)
+    per_image = report.per_image[["id", "cell_type", "score"]].reset_index(drop=True)
+    per_type = {str(k): float(v) for k, v in report.per_cell_type.items()}
+    return HeldoutScore(float(report.score), per_type, per_image, len(per_image), time.perf_counter() - start)
+
+
+def _score_weights(cfg: CfgNode, model: torch.nn.Module, data: TrainingData, config: Config, name: str) -> HeldoutScore:
+    """Score in-memory weights: written to a temporary model folder, read back by the pipeline."""
+    with tempfile.TemporaryDirectory(prefix="kernel_lib_eval_") as tmp:
+        folder = Path(tmp) / name
+        write_model_folder(folder, cfg, model, meta=None)
+        return score_models(tmp, data, config)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def inference_config(cfg: CfgNode) -> CfgNode:
+    """The config.yaml written beside the weights: the training config, weights path
+    cleared (the weights are the folder's model_final.pth), device cpu (the reader
+    chooses)."""
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.WEIGHTS = ""
+    out.MODEL.DEVICE = "cpu"
+    return out
+
+
+def write_model_folder(folder: Path, cfg: CfgNode, model: torch.nn.Module, meta: dict[str, Any] | None) -> None:
+    """Write ``config.yaml`` + ``model_final.pth`` (+ ``meta.json``) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    torch.save({"model": state}, folder / "model_final.pth.tmp")
+    os.replace(folder / "model_final.pth.tmp", folder / "model_final.pth")
+    (folder / "config.yaml").write_text(inference_config(cfg).dump())
+    if meta is not None:
+        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+class _FoldTrainer(DefaultTrainer):
+    """DefaultTrainer on an in-memory dataset with the Sartorius mapper, a JSON loss log
+    (no TensorBoard) and held-out scoring as its evaluation."""
+
+    def __init__(self, cfg: CfgNode, dataset: list[dict[str, Any]], mapper: SartoriusMapper, evaluate: Any) -> None:
+        self._dataset = dataset
+        self._mapper = mapper
+        self._evaluate = evaluate
+        super().__init__(cfg)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        model = build_model(cfg)  # DefaultTrainer's also prints the whole module tree
+        n = sum(p.numel() for p in model.parameters())
+        logger.info("model %s: %.1f M parameters on %s", cfg.MODEL.META_ARCHITECTURE, n / 1e6, cfg.MODEL.DEVICE)
+        return model
+
+    def build_train_loader(self, cfg: CfgNode) -> Any:  # type: ignore[override]
+        return build_detection_train_loader(
+            self._dataset,
+            mapper=self._mapper,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    def build_writers(self) -> list[Any]:
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+        ]
+
+    def build_hooks(self) -> list[Any]:
+        out = []
+        for hook in super().build_hooks():
+            if isinstance(hook, hooks.EvalHook):
+                # periodic held-out scoring; the final one is done after training, from the written folder
+                hook = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate, eval_after_train=False)
+            elif isinstance(hook, hooks.PeriodicWriter):
+                hook = hooks.PeriodicWriter(self.build_writers(), period=min(WRITER_PERIOD, self.max_iter))
+            out.append(hook)
+        return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_fold` leaves: the fold folder and its meta.json content."""
+
+    fold_dir: Path
+    meta: dict[str, Any]
+
+
+def _eval_config(opts: TrainOptions, device: str) -> Config:
+    from kernel_lib.config import load_config
+
+    config = load_config(opts.eval_config or None)
+    return config.replace(inference=dataclasses.replace(config.inference, device=device))
+
+
+def _train_worker(opts: TrainOptions, device: str) -> None:
+    """One training process (all of training on one GPU or the CPU; one of several with DDP)."""
+    fold_dir = opts.fold_dir
+    rank = comm.get_rank()
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    setup_logger(str(fold_dir / "log.txt"), distributed_rank=rank, name="detectron2", abbrev_name="d2")
+    setup_logger(str(fold_dir / "log.txt"), distributed_rank=rank, name="kernel_lib", abbrev_name="kl")
+    seed_all_rng(opts.seed + rank)
+
+    split = fold_split(opts.folds_csv, opts.fold)
+    train_ids = split.train_ids[: opts.max_images] if opts.max_images else split.train_ids
+    train = load_dataset_dicts(opts.data_dir, train_ids)
+    heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids) if split.heldout_ids and opts.heldout else None
+    if rank == 0:
+        problems = train.problems + (heldout.problems if heldout else [])
+        frame = pd.DataFrame([(p.id, p.row, p.what) for p in problems], columns=["id", "row", "what"])
+        frame.to_csv(fold_dir / "annotation_problems.csv", index=False)
+        for problem in problems[:20]:
+            logger.warning("annotation left out: %s", problem)
+        if len(problems) > 20:
+            logger.warning("... %d more in %s", len(problems) - 20, fold_dir / "annotation_problems.csv")
+        logger.info(
+            "fold %d: %d training images (%d instances), %d held-out images, %d rows left out",
+            opts.fold,
+            len(train.dicts),
+            sum(len(r["annotations"]) for r in train.dicts),
+            len(heldout.dicts) if heldout else 0,
+            len(problems),
+        )
+
+    cfg = build_config(opts, device)
+    name = _dataset_name(opts)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: train.dicts)
+    cfg.freeze()
+    mapper = SartoriusMapper(build_augmentations(cfg, opts.augment), cfg.INPUT.FORMAT)
+    config = _eval_config(opts, device)
+
+    trainer: _FoldTrainer | None = None
+
+    def periodic_eval() -> dict[str, float]:
+        if heldout is None or not comm.is_main_process() or trainer is None:
+            return {}
+        result = _score_weights(cfg, trainer.model, heldout, config, opts.fold_name)
+        logger.info("iteration %d: held-out score %.4f", trainer.iter + 1, result.score)
+        return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
+
+    trainer = _FoldTrainer(cfg, train.dicts, mapper, periodic_eval)
+    trainer.resume_or_load(resume=opts.resume)
+    start = time.perf_counter()
+    first_iter = trainer.start_iter
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    if not comm.is_main_process():
+        return
+
+    done = opts.iters - first_iter
+    meta: dict[str, Any] = {
+        "fold": opts.fold,
+        "name": opts.fold_name,
+        "arch": "" if opts.base_config else opts.arch,
+        "base_config": opts.base_config or f"kernel_lib.d2config.sartorius_config({opts.arch!r})",
+        "init_weights": opts.init_weights or None,
+        "from_scratch": not opts.init_weights,
+        "folds_csv": str(opts.folds_csv),
+        "data_dir": str(opts.data_dir),
+        "train_images": len(train.dicts),
+        "train_instances": sum(len(r["annotations"]) for r in train.dicts),
+        "heldout_ids": list(split.heldout_ids),
+        "annotation_problems": len(train.problems) + (len(heldout.problems) if heldout else 0),
+        "iters": opts.iters,
+        "batch": opts.batch,
+        "base_lr": cfg.SOLVER.BASE_LR,
+        "device": device,
+        "num_gpus": opts.num_gpus,
+        "amp": bool(cfg.SOLVER.AMP.ENABLED),
+        "min_size_train": list(cfg.INPUT.MIN_SIZE_TRAIN),
+        "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "augment": dataclasses.asdict(opts.augment),
+        "seed": opts.seed,
+        "train_seconds": round(train_seconds, 1),
+        "iters_per_second": round(done / train_seconds, 4) if train_seconds > 0 else None,
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_model_folder(fold_dir, cfg, trainer.model, meta)
+    if not opts.keep_checkpoints:
+        for path in fold_dir.glob("model_*.pth"):
+            if path.name != "model_final.pth":
+                path.unlink()
+        (fold_dir / "last_checkpoint").unlink(missing_ok=True)
+
+    if heldout is not None:
+        with tempfile.TemporaryDirectory(prefix="kernel_lib_heldout_") as tmp:
+            (Path(tmp) / opts.fold_name).symlink_to(fold_dir.resolve(), target_is_directory=True)
+            result = score_models(tmp, heldout, config)
+        result.per_image.to_csv(fold_dir / "heldout_scores.csv", index=False)
+        meta.update(
+            heldout_score=round(result.score, 6),
+            heldout_per_cell_type={k: round(v, 6) for k, v in result.per_cell_type.items()},
+            heldout_images=result.n_images,
+            heldout_eval={
+                "method": config.ensemble.method,
+                "tta": list(config.ensemble.tta),
+                "config": opts.eval_config or "defaults",
+                "seconds": round(result.seconds, 1),
+            },
+        )
+        logger.info("fold %d held-out score %.4f %s", opts.fold, result.score, meta["heldout_per_cell_type"])
+    (fold_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+RUN_FILES: tuple[str, ...] = (
+    "config.yaml",
+    "meta.json",
+    "metrics.json",
+    "log.txt",
+    "last_checkpoint",
+    "heldout_scores.csv",
+    "annotation_problems.csv",
+)
+"""Files a training run writes in its fold folder (besides ``model_*.pth``)."""
+
+
+def _clear_leftovers(fold_dir: Path) -> None:
+    """Remove an unfinished run's files; refuse when the folder holds anything else."""
+    paths = list(fold_dir.iterdir())
+    ours = [p for p in paths if p.is_file() and (p.name in RUN_FILES or p.name.startswith(("model_", "log.txt")))]
+    others = sorted(p.name for p in paths if p not in ours)
+    if others:
+        raise ValueError(
+            f"{fold_dir} exists and holds files a training run does not write ({others[:5]}); "
+            "pick another --out/--name or empty it"
+        )
+    for path in ours:
+        path.unlink()
+
+
+def train_fold(opts: TrainOptions) -> TrainResult:
+    """Train fold ``opts.fold`` and score its held-out images; see the module docstring.
+
+    With ``num_gpus`` > 1 the work runs in that many processes started by
+    ``detectron2.engine.launch`` (DDP); this process waits for them.
+
+    Raises:
+        ValueError: bad options, folds file, data folder or initial weights.
+    """
+    device = opts.resolved_device()
+    fold_split(opts.folds_csv, opts.fold)  # fail early, before any process starts
+    build_config(opts, device)
+    fold_dir = opts.fold_dir
+    if (fold_dir / "model_final.pth").exists() and not opts.resume:
+        raise ValueError(f"{fold_dir} already holds a trained model; remove it, pick another --out/--name or --resume")
+    if opts.resume and not (fold_dir / "last_checkpoint").is_file():
+        raise ValueError(f"--resume: {fold_dir} holds no last_checkpoint to resume from (keep_checkpoints off?)")
+    if fold_dir.exists() and not opts.resume:
+        _clear_leftovers(fold_dir)
+    launch(_train_worker, opts.num_gpus if device == "cuda" else 1, dist_url="auto", args=(opts, device))
+    meta_path = fold_dir / "meta.json"
+    if not meta_path.is_file():
+        raise RuntimeError(f"training of {fold_dir} ended without writing {meta_path}")
+    return TrainResult(fold_dir, json.loads(meta_path.read_text()))
