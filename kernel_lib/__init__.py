@@ -18,6 +18,7 @@ from kernel_lib.images import list_images, read_image, to_model_input
 from kernel_lib.masks import CropMasks
 
 # --- core: RLE, post-processing, submission, metric (issue 3) ---
+from kernel_lib.metric import ImageScore, ScoreReport, image_score, score_submission
 from kernel_lib.postprocess import Postprocessed, image_cell_type, postprocess
 from kernel_lib.rle import (
     rle_decode,
@@ -40,11 +41,14 @@ __all__ = [
     "Config",
     "CropMasks",
     "EnsembleConfig",
+    "ImageScore",
     "InferenceConfig",
     "PostprocessConfig",
     "Postprocessed",
     "Problem",
+    "ScoreReport",
     "image_cell_type",
+    "image_score",
     "list_images",
     "load_config",
     "postprocess",
@@ -57,6 +61,7 @@ __all__ = [
     "rle_encode_stack",
     "rle_problems",
     "rle_to_indices",
+    "score_submission",
     "to_model_input",
     "validate_submission",
     "write_submission",

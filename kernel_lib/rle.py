@@ -23,6 +23,8 @@ from kernel_lib.config import IMAGE_SHAPE
 from kernel_lib.masks import CropMasks
 
 __all__ = [
+    "crop_runs",
+    "crops_from_indices",
     "parse_runs",
     "rle_decode",
     "rle_decode_crops",
@@ -155,7 +157,7 @@ def rle_encode_labels(labels: np.ndarray, n: int) -> list[str]:
     return _format_runs(run_label[order] - 1, starts[order].astype(np.int64), lengths[order], n)
 
 
-def _crop_runs(masks: CropMasks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def crop_runs(masks: CropMasks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Maximal runs of every crop in frame coordinates: (inst, start0, length), sorted."""
     n = len(masks)
     empty = np.zeros(0, np.int64)
@@ -196,7 +198,7 @@ def rle_encode_crops(masks: CropMasks) -> list[str]:
     Returns:
         len(masks) strings in order; ``""`` for an empty mask.
     """
-    inst, starts, lengths = _crop_runs(masks)
+    inst, starts, lengths = crop_runs(masks)
     return _format_runs(inst, starts, lengths, len(masks))
 
 
