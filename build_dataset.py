@@ -313,7 +313,7 @@ def build_from_sdist(pin: Pin, folder: Path, hashes: Hashes) -> Path:
             names = ", ".join(p.name for p in built) or "nothing"
             raise BuildError(
                 f"{pin} has no wheel on the index and its source built {names}, not one pure "
-                f"py3-none-any wheel; pin a version with wheels in {folder / 'bundle.txt'}"
+                f"py3-none-any wheel; pin a version that has wheels in wheels/bundle.txt"
             )
         target = folder / built[0].name
         shutil.move(str(built[0]), target)
