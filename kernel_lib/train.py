@@ -647,23 +647,55 @@ def _train_worker(opts: TrainOptions, device: str) -> None:
         (fold_dir / "last_checkpoint").unlink(missing_ok=True)
 
     if heldout is not None:
-        with tempfile.TemporaryDirectory(prefix="kernel_lib_heldout_") as tmp:
-            (Path(tmp) / opts.fold_name).symlink_to(fold_dir.resolve(), target_is_directory=True)
-            result = score_models(tmp, heldout, config)
-        result.per_image.to_csv(fold_dir / "heldout_scores.csv", index=False)
-        meta.update(
-            heldout_score=round(result.score, 6),
-            heldout_per_cell_type={k: round(v, 6) for k, v in result.per_cell_type.items()},
-            heldout_images=result.n_images,
-            heldout_eval={
-                "method": config.ensemble.method,
-                "tta": list(config.ensemble.tta),
-                "config": opts.eval_config or "defaults",
-                "seconds": round(result.seconds, 1),
-            },
-        )
-        logger.info("fold %d held-out score %.4f %s", opts.fold, result.score, meta["heldout_per_cell_type"])
+        meta.update(score_fold(fold_dir, heldout, config, opts.eval_config))
+        logger.info("fold %d held-out score %.4f %s", opts.fold, meta["heldout_score"], meta["heldout_per_cell_type"])
     (fold_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def score_fold(fold_dir: Path, heldout: TrainingData, config: Config, config_name: str = "") -> dict[str, Any]:
+    """Score one model folder on its held-out images; writes ``heldout_scores.csv`` there.
+
+    Returns:
+        The meta.json entries: heldout_score, heldout_per_cell_type, heldout_images,
+        heldout_eval (method, tta, config, seconds).
+    """
+    with tempfile.TemporaryDirectory(prefix="kernel_lib_heldout_") as tmp:
+        (Path(tmp) / fold_dir.name).symlink_to(fold_dir.resolve(), target_is_directory=True)
+        result = score_models(tmp, heldout, config)
+    result.per_image.to_csv(fold_dir / "heldout_scores.csv", index=False)
+    return {
+        "heldout_score": round(result.score, 6),
+        "heldout_per_cell_type": {k: round(v, 6) for k, v in result.per_cell_type.items()},
+        "heldout_images": result.n_images,
+        "heldout_eval": {
+            "method": config.ensemble.method,
+            "tta": list(config.ensemble.tta),
+            "config": config_name or "defaults",
+            "seconds": round(result.seconds, 1),
+        },
+    }
+
+
+def rescore_fold(opts: TrainOptions) -> TrainResult:
+    """Score an already trained fold folder again (e.g. with a tuned ``eval_config``) and
+    update its meta.json; no training.
+
+    Raises:
+        ValueError: the fold folder has no model_final.pth / meta.json, or the folds file
+            gives the fold no held-out image.
+    """
+    fold_dir = opts.fold_dir
+    meta_path = fold_dir / "meta.json"
+    if not (fold_dir / "model_final.pth").is_file() or not meta_path.is_file():
+        raise ValueError(f"--score-only: {fold_dir} holds no trained model (model_final.pth and meta.json)")
+    split = fold_split(opts.folds_csv, opts.fold)
+    if not split.heldout_ids:
+        raise ValueError(f"--score-only: fold {opts.fold} of {opts.folds_csv} holds no image to score")
+    heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids)
+    meta = json.loads(meta_path.read_text())
+    meta.update(score_fold(fold_dir, heldout, _eval_config(opts, opts.resolved_device()), opts.eval_config))
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return TrainResult(fold_dir, meta)
 
 
 RUN_FILES: tuple[str, ...] = (

@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-period", type=int, default=0, help="also score held-out images every N iterations")
     parser.add_argument("--eval-config", default="", help="pipeline config JSON for held-out scoring (tune's)")
     parser.add_argument("--no-heldout", action="store_true", help="skip scoring the held-out images at the end")
+    parser.add_argument(
+        "--score-only", action="store_true", help="no training: score an existing fold folder again, update meta.json"
+    )
     parser.add_argument("--checkpoint-period", type=int, default=1000, help="iterations between checkpoints")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep periodic checkpoints after the run")
     parser.add_argument("--resume", action="store_true", help="continue from the fold folder's last checkpoint")
@@ -75,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.folds import read_folds
-    from kernel_lib.train import AugmentSettings, TrainOptions, train_fold
+    from kernel_lib.train import AugmentSettings, TrainOptions, rescore_fold, train_fold
 
     if args.fold == "all":
         folds = sorted(set(read_folds(args.folds)["fold"].tolist()))
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_images=args.max_images,
         )
-        result = train_fold(opts)
+        result = rescore_fold(opts) if args.score_only else train_fold(opts)
         meta = result.meta
         score = meta.get("heldout_score")
         shown = (

@@ -1,0 +1,200 @@
+"""Write notebooks/sartorius-train.ipynb, the thin Kaggle training notebook.
+
+Generated (no outputs, no execution counts, stable cell ids) so that it stays
+reviewable here as Python. Run ``python scripts/make_train_notebook.py`` after editing
+the cells below; ``--check`` exits 1 when the committed notebook differs (tests run it).
+
+Cells: 1 installs the bundle's wheels offline (the very cell of the inference notebook,
+taken from scripts/make_notebook.py), 2 sets the parameters, 3 writes the folds file,
+4 trains one or all folds with ``python -m kernel_lib train`` (each in its own process:
+GPU memory is freed between folds and a crash leaves the kernel alive), 5 tabulates the
+held-out scores and writes ``models.json`` + ``dataset-metadata.json`` so that the
+models folder can become the model-weights dataset the inference notebook reads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "sartorius-train.ipynb"
+
+
+def _inference_install_cell() -> str:
+    spec = importlib.util.spec_from_file_location("make_notebook", ROOT / "scripts" / "make_notebook.py")
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{ROOT / 'scripts' / 'make_notebook.py'} is missing; it holds the install cell")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.INSTALL)
+
+
+INTRO = """\
+# Sartorius cell instance segmentation: train the fold models
+
+Trains K detectron2 Mask R-CNN fold models on the competition's annotated images with
+`python -m kernel_lib train` (stratified folds by cell type; flips, 90-degree rotations,
+brightness/contrast and scale jitter; mixed precision; several GPUs through detectron2's
+launcher) and scores each fold on its held-out images with the competition metric.
+
+Output: `/kaggle/working/models/fold<K>/` (`config.yaml`, `model_final.pth`, `meta.json`
+with the held-out score, `metrics.json` loss log), plus `models.json` and
+`dataset-metadata.json`: the folder is ready to become the model-weights dataset that
+the inference notebook reads (see the README, "Training fold models").
+
+Settings: GPU on, internet off. Inputs: the competition data and the bundle dataset
+(`wheels/`, made by `build_dataset.py`); optionally a dataset holding initial weights
+(`INIT_WEIGHTS`, e.g. a COCO Mask R-CNN `.pkl`); without one the models train from scratch."""
+
+PARAMETERS = """\
+# 2. Parameters (environment variables override them for a local run).
+import os
+from pathlib import Path
+
+import torch
+
+KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
+KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working"))
+COMPETITION = "sartorius-cell-instance-segmentation"
+
+DATA_DIR = KAGGLE_INPUT / COMPETITION  # train.csv + train/<id>.png
+FOLDS_CSV = KAGGLE_WORKING / "folds.csv"
+MODELS_DIR = KAGGLE_WORKING / "models"  # one folder per fold: becomes the model-weights dataset
+MODELS_DATASET_ID = "your-kaggle-username/sartorius-fold-models"  # as in kernel-metadata.json
+
+N_FOLDS = 5
+FOLDS_TO_TRAIN = os.environ.get("TRAIN_FOLDS", "all")  # "all" or e.g. "0" / "0,1"
+ARCH = "R50"  # R50, R101, X101, cascade (kernel_lib.d2config)
+INIT_WEIGHTS = os.environ.get("TRAIN_INIT_WEIGHTS", "")  # local .pth/.pkl in an attached dataset; "" = from scratch
+ITERS = int(os.environ.get("TRAIN_ITERS", "3000"))
+BATCH = int(os.environ.get("TRAIN_BATCH", "4"))
+NUM_GPUS = max(torch.cuda.device_count(), 1)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# anything else for `python -m kernel_lib train`, e.g. "--min-sizes 96 --test-size 96" for a smoke run
+EXTRA_ARGS = os.environ.get("TRAIN_EXTRA_ARGS", "").split()
+
+if DEVICE == "cpu":
+    NUM_GPUS = 1
+BATCH = max(BATCH // NUM_GPUS, 1) * NUM_GPUS  # a multiple of the GPU count
+MODELS_DIR.mkdir(parents=True, exist_ok=True)
+print(f"data: {DATA_DIR}\\nmodels: {MODELS_DIR}")
+print(f"device: {DEVICE} x {NUM_GPUS}, {ITERS} iterations of {BATCH} images")"""
+
+FOLDS = """\
+# 3. Folds: stratified by cell type; kept when already written (re-runs train the same split).
+import subprocess
+import sys
+
+
+def kernel_lib_cli(*args: object) -> None:
+    \"\"\"Run `python -m kernel_lib ARGS`, streaming its output here; raise if it fails.\"\"\"
+    command = [sys.executable, "-m", "kernel_lib", *map(str, args)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            print(line, end="")
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
+
+
+if not FOLDS_CSV.is_file():
+    kernel_lib_cli("folds", "--truth", DATA_DIR / "train.csv", "--out", FOLDS_CSV, "--n-folds", N_FOLDS)
+print(open(FOLDS_CSV).read()[:300])"""
+
+TRAIN = """\
+# 4. Train: one process per fold (folds already finished, with a meta.json, are skipped).
+import pandas as pd
+
+all_folds = sorted(pd.read_csv(FOLDS_CSV)["fold"].unique().tolist())
+folds = all_folds if FOLDS_TO_TRAIN == "all" else [int(k) for k in FOLDS_TO_TRAIN.split(",")]
+init = ["--init-weights", INIT_WEIGHTS] if INIT_WEIGHTS else []
+for fold in folds:
+    if (MODELS_DIR / f"fold{fold}" / "meta.json").is_file():
+        print(f"fold {fold}: already trained, skipped")
+        continue
+    kernel_lib_cli(
+        "train", "--data", DATA_DIR, "--folds", FOLDS_CSV, "--fold", fold, "--out", MODELS_DIR,
+        "--arch", ARCH, "--iters", ITERS, "--batch", BATCH, "--device", DEVICE, "--num-gpus", NUM_GPUS,
+        *init, *EXTRA_ARGS,
+    )  # fmt: skip"""
+
+SUMMARY = """\
+# 5. Held-out scores, and the files that make MODELS_DIR a model-weights dataset.
+import json
+
+rows = []
+for meta_path in sorted(MODELS_DIR.glob("*/meta.json")):
+    meta = json.loads(meta_path.read_text())
+    rows.append(
+        {
+            "model": meta_path.parent.name,
+            "fold": meta["fold"],
+            "held-out score": meta.get("heldout_score"),
+            **{f"{k}": v for k, v in meta.get("heldout_per_cell_type", {}).items()},
+            "held-out images": meta.get("heldout_images"),
+            "iterations": meta["iters"],
+            "it/s": meta["iters_per_second"],
+            "train (min)": round(meta["train_seconds"] / 60, 1),
+        }
+    )
+summary = pd.DataFrame(rows)
+summary.to_csv(KAGGLE_WORKING / "heldout_scores.csv", index=False)
+manifest = {"models": [{"name": row["model"], "weight": 1.0} for row in rows]}
+(MODELS_DIR / "models.json").write_text(json.dumps(manifest, indent=2) + "\\n")
+dataset = {"title": "Sartorius fold models", "id": MODELS_DATASET_ID, "licenses": [{"name": "other"}]}
+(MODELS_DIR / "dataset-metadata.json").write_text(json.dumps(dataset, indent=2) + "\\n")
+print(f"{len(rows)} fold model(s) in {MODELS_DIR}; mean held-out score {summary['held-out score'].mean():.4f}")
+summary"""
+
+NEXT = """\
+## Next: from these folds to a submission
+
+1. Make `models/` a dataset: from this notebook's output page ("New Dataset"), or download
+   it and run `kaggle datasets create -p models --dir-mode zip` (its `dataset-metadata.json`
+   is written above; put your user name in `id`).
+2. Add that dataset to the inference notebook (`kernel-metadata.json` `dataset_sources`,
+   `MODELS_DATASET` in its parameters cell), push it with `kaggle kernels push -p .`.
+3. Submit the notebook's output with `kaggle competitions submit sartorius-cell-instance-segmentation
+   -f submission.csv -k <user>/sartorius-inference -v <version> -m "<message>"`."""
+
+
+def build() -> nbformat.NotebookNode:
+    """The notebook, without outputs."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(INTRO),
+        *(nbformat.v4.new_code_cell(src) for src in (_inference_install_cell(), PARAMETERS, FOLDS, TRAIN, SUMMARY)),
+        nbformat.v4.new_markdown_cell(NEXT),
+    ]
+    for number, cell in enumerate(nb.cells):
+        cell.id = f"cell-{number}"  # stable ids: regenerating gives the same file
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    nbformat.validate(nb)
+    return nb
+
+
+def render() -> str:
+    return nbformat.writes(build()) + "\n"
+
+
+def main() -> int:
+    NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
+    text = render()
+    if "--check" in sys.argv[1:]:
+        if not NOTEBOOK.is_file() or NOTEBOOK.read_text() != text:
+            print(f"{NOTEBOOK} is out of date: run python scripts/make_train_notebook.py", file=sys.stderr)
+            return 1
+        return 0
+    NOTEBOOK.write_text(text)
+    print(NOTEBOOK)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
