@@ -41,6 +41,27 @@ __all__ = [
 # --------------------------------------------------------------------------- formatting
 
 
+def _decimal_text(tokens: np.ndarray) -> tuple[str, np.ndarray]:
+    """``" ".join(map(str, tokens)) + " "`` for positive ints, built as one char array.
+
+    Returns the text and each token's number of digits."""
+    width = len(str(int(tokens.max())))
+    digits = np.ones(tokens.size, np.int64)
+    for p in range(1, width):
+        digits += tokens >= 10**p
+    chars = np.empty((tokens.size, width + 1), np.uint8)
+    chars[:, width] = ord(" ")
+    # peel digits from the right; division by a scalar is fast for unsigned ints
+    rest = tokens.astype(np.uint32 if width <= 9 else np.uint64)
+    for j in range(width - 1, -1, -1):
+        quotient = rest // 10
+        chars[:, j] = rest - quotient * 10 + ord("0")
+        rest = quotient
+    keep = np.ones((tokens.size, width + 1), bool)
+    keep[:, :width] = np.arange(width) >= (width - digits)[:, None]  # drop leading zeros
+    return chars[keep].tobytes().decode("ascii"), digits
+
+
 def _format_runs(inst: np.ndarray, starts: np.ndarray, lengths: np.ndarray, n: int) -> list[str]:
     """Strings for ``n`` instances from runs grouped by instance (``inst`` ascending).
 
@@ -53,9 +74,7 @@ def _format_runs(inst: np.ndarray, starts: np.ndarray, lengths: np.ndarray, n: i
     tokens = np.empty(2 * inst.size, np.int64)
     tokens[0::2] = starts + 1
     tokens[1::2] = lengths
-    text = " ".join(map(str, tokens.tolist()))
-    # every token is >= 1; its width in characters is floor(log10) + 1, plus one separator
-    digits = np.floor(np.log10(tokens)).astype(np.int64) + 1
+    text, digits = _decimal_text(tokens)
     ends = np.cumsum(digits + 1)  # position just after each token's trailing separator
     begins = ends - digits - 1
     # first and last token of each instance
@@ -226,6 +245,9 @@ def rle_problems(rle: str, shape: tuple[int, int] = IMAGE_SHAPE) -> list[str]:
         return [f"non-integer token(s) {shown}: expected space-separated whole numbers"]
     if len(tokens) % 2:
         return [f"odd number of numbers ({len(tokens)}): expected 'start length' pairs"]
+    huge = [t for t in tokens if len(t.lstrip("0")) > 18]
+    if huge:
+        return [f"number {huge[0][:20]}... too large for a {shape[0]}x{shape[1]} frame"]
     values = np.array(tokens, dtype=np.int64).reshape(-1, 2)
     return _run_problems(values[:, 0], values[:, 1], shape)
 
@@ -288,7 +310,10 @@ def parse_runs(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> tup
         counts[k] = len(tokens) // 2
         pieces.append(tokens)
     flat_tokens = [t for p in pieces for t in p]
+    joined = "".join(flat_tokens)
     try:
+        if not (joined.isascii() and (joined.isdigit() or not joined)):
+            raise ValueError("non-digit characters")
         values = np.array(flat_tokens, dtype=np.int64).reshape(-1, 2)
     except (ValueError, OverflowError):
         for k, rle in enumerate(rles):

@@ -55,6 +55,16 @@ def test_empty_mask_and_empty_stack() -> None:
     assert len(rle_decode_crops([], (5, 6))) == 0
 
 
+def test_number_widths_at_powers_of_ten() -> None:
+    mask = np.zeros((1, 1100), bool)
+    mask[0, [8, 10, 98, 100, 998, 1000]] = True  # 1-based starts 9, 11, 99, 101, 999, 1001
+    mask[0, 20:30] = True  # start 21, length 10
+    mask[0, 200:300] = True  # start 201, length 100
+    expected = "9 1 11 1 21 10 99 1 101 1 201 100 999 1 1001 1"
+    assert rle_encode(mask) == expected
+    assert rle_encode_crops(CropMasks.from_stack(mask[None])) == [expected]
+
+
 def test_full_frame_is_one_run() -> None:
     assert rle_encode(np.ones((3, 4), bool)) == "1 12"
 
@@ -120,6 +130,8 @@ def test_labels_out_of_range() -> None:
         ("11 3", "beyond the 3x4 frame"),  # pixels 11, 12, 13 of 12
         ("5 1 2 1", "unsorted"),
         ("2 3 4 1", "duplicated pixels"),
+        ("+5 1", "non-integer"),
+        ("1 99999999999999999999999", "too large"),
     ],
 )
 def test_problems(rle: str, fragment: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from kernel_lib.config import IMAGE_SHAPE
 from kernel_lib.metric import ScoreReport, score_submission
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         shape=(args.height, args.width),
         truth_source=str(args.truth),
         pred_source=str(args.pred),
+        progress=sys.stderr.isatty(),
     )
     if args.json:
         print(json.dumps(report.to_dict()))
