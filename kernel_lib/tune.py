@@ -34,11 +34,13 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kernel_lib.config import CELL_TYPES, IOU_THRESHOLDS, PostprocessConfig
+from kernel_lib.config import CELL_TYPES, IOU_THRESHOLDS, Config, PostprocessConfig
+from kernel_lib.ensemble import SoftInstances, paste
 from kernel_lib.masks import CropMasks
 
 Progress = Callable[[Iterable], Iterable]
@@ -769,3 +771,50 @@ def simulate_instances(
     classes[other] = (cell_type + rng.integers(1, len(CELL_TYPES), other.sum())) % len(CELL_TYPES)
     masks = CropMasks(tuple(crops), np.array(origins, np.int64).reshape(-1, 2), truth.shape)
     return masks, np.array(scores, np.float32), classes
+
+
+def soft_from_masks(masks: CropMasks, scores: np.ndarray, classes: np.ndarray, mask_size: int = 28) -> SoftInstances:
+    """Hard masks as :class:`~kernel_lib.ensemble.SoftInstances` (box = the crop's extent,
+    soft mask = the crop area-resized to ``mask_size`` squared); pasting at 0.5 gives the
+    masks back up to resampling at their edges. For tests and benchmarks."""
+    import cv2
+
+    n = len(masks)
+    boxes = np.zeros((n, 4), np.float32)
+    soft = np.zeros((n, mask_size, mask_size), np.float32)
+    for i, (crop, (y0, x0)) in enumerate(zip(masks.crops, masks.origins)):
+        h, w = crop.shape
+        boxes[i] = (x0, y0, x0 + w, y0 + h)
+        if h and w:
+            soft[i] = cv2.resize(crop.astype(np.float32), (mask_size, mask_size), interpolation=cv2.INTER_LINEAR)
+    return SoftInstances(boxes, scores, classes, soft, masks.shape)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def images_from_cache(
+    truth_csv: str | Path, cache_dir: str | Path, mask_threshold: float, progress: bool = True
+) -> tuple[list[TuneImage], Config]:
+    """The last evaluation's cached instances (pasted at ``mask_threshold``) with their
+    truth, and the config that evaluation used.
+
+    Raises:
+        ValueError: no manifest, a stale or missing cache file, or a cached image
+            without annotation in ``truth_csv``.
+    """
+    from tqdm.auto import tqdm
+
+    from kernel_lib.evaluate import load_cached, read_manifest, read_truth
+
+    entries, used = read_manifest(cache_dir)
+    instances = load_cached(entries)
+    truth = read_truth(truth_csv, ids=instances)
+    absent = [i for i in instances if i not in truth]
+    if absent:
+        raise ValueError(f"{len(absent)} cached image(s) have no annotation in {truth_csv}, e.g. {absent[:3]}")
+    images = [
+        TuneImage(i, paste(inst, mask_threshold), inst.scores, inst.classes, truth[i].masks)
+        for i, inst in tqdm(instances.items(), desc="paste", unit="img", disable=not progress)
+    ]
+    return images, used

@@ -1,0 +1,76 @@
+"""``python -m kernel_lib tune --truth TRAIN_CSV --cache DIR [--config CFG] [--out best_config.json]
+[--trials N]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from kernel_lib.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", required=True, help="train.csv with the cached images' annotations")
+    parser.add_argument(
+        "--cache", default="oof_cache", help="instance cache filled by `evaluate` (default ./oof_cache)"
+    )
+    parser.add_argument(
+        "--config",
+        help="config whose post-processing is the starting point (default: the one evaluate used); "
+        "its ensemble should be the cache's",
+    )
+    parser.add_argument("--out", default="best_config.json", help="config JSON to write (default best_config.json)")
+    parser.add_argument("--trials", type=int, default=300, help="grid settings per cell type (default 300)")
+    parser.add_argument("--seed", type=int, default=0, help="grid sampling seed (default 0)")
+    parser.add_argument("--no-refine", action="store_true", help="skip the finer coordinate search around the best")
+    parser.add_argument("--history", help="also write every setting tried and its score to this CSV")
+
+
+def _fmt(setting: object) -> str:
+    s = setting
+    return f"score>={s.score_threshold:g} area>={s.min_area:g} kept>={s.min_kept_fraction:g}"  # type: ignore[attr-defined]
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from kernel_lib.tune import InstanceTable, images_from_cache, tune_postprocess
+
+    given = load_config(args.config) if args.config else None
+    if args.trials < 1:
+        raise ValueError(f"--trials: expected at least 1, got {args.trials}")
+    from kernel_lib.evaluate import read_manifest
+
+    _, used = read_manifest(args.cache)
+    base = given or used
+    if given is not None and given.ensemble != used.ensemble:
+        print(
+            f"warning: {args.config}'s ensemble differs from the one that filled {args.cache}; "
+            "the tuned thresholds fit the cached ensemble, which the written config keeps"
+        )
+        base = given.replace(ensemble=used.ensemble)
+    images, _ = images_from_cache(args.truth, args.cache, base.postprocess.mask_threshold)
+    table = InstanceTable.build(images, progress=lambda it: tqdm(it, desc="precompute", unit="img"))
+    result = tune_postprocess(table, base.postprocess, trials=args.trials, seed=args.seed, refine=not args.no_refine)
+    n_tried = sum(r.trials for r in result.per_type)
+    print(
+        f"tried {n_tried} settings on {table.n_images} images in {result.seconds:.1f} s "
+        f"({60 * n_tried / max(result.seconds, 1e-9):.0f} per minute)"
+    )
+    print("per predicted cell type:")
+    for r in result.per_type:
+        if not r.n_images:
+            print(f"  {r.cell_type:<7} no image predicted as this type: kept {_fmt(r.default)}")
+            continue
+        print(
+            f"  {r.cell_type:<7} {r.n_images:>4} img  default {_fmt(r.default)} -> {r.default_score:.4f}\n"
+            f"  {'':<7} {'':>4}      best    {_fmt(r.best)} -> {r.best_score:.4f} "
+            f"({r.best_score - r.default_score:+.4f})"
+        )
+    print(f"overall: {result.default_score:.4f} -> {result.best_score:.4f} ({result.gain:+.4f}) on the tuned images")
+    best = base.replace(postprocess=result.config)
+    best.to_json(args.out)
+    print(f"wrote {args.out} (pass it as --config to evaluate/predict, or load_config in the notebook)")
+    if args.history:
+        result.history.to_csv(args.history, index=False)
+        print(f"wrote {args.history}")
+    return 0
