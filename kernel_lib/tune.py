@@ -818,3 +818,38 @@ def images_from_cache(
         for i, inst in tqdm(instances.items(), desc="paste", unit="img", disable=not progress)
     ]
     return images, used
+
+
+def write_synthetic_cache(
+    truth_csv: str | Path,
+    cache_dir: str | Path,
+    ids: Sequence[str] | None = None,
+    seed: int = 0,
+    config: Config | None = None,
+) -> list[str]:
+    """Fill a cache folder as ``evaluate`` would, with instances SIMULATED from the truth
+    (:func:`simulate_instances` -> :func:`soft_from_masks`), for tests and benchmarks of
+    ``tune`` and ``report`` without models. The manifest names the model "synthetic".
+
+    Args:
+        truth_csv: train.csv.
+        cache_dir: folder to fill.
+        ids: images to simulate (None: all of the file).
+        seed: simulation seed (image k uses seed + k).
+        config: recorded as the config used (None: defaults).
+
+    Returns:
+        the cached ids.
+    """
+    from kernel_lib.evaluate import CacheEntry, read_truth, save_instances, write_manifest
+
+    truth = read_truth(truth_csv, ids=ids)
+    cache_dir = Path(cache_dir)
+    entries = []
+    for k, (image_id, t) in enumerate(truth.items()):
+        masks, scores, classes = simulate_instances(t.masks, CELL_TYPES.index(t.cell_type), seed + k)
+        path = cache_dir / f"{image_id}.npz"
+        save_instances(path, soft_from_masks(masks, scores, classes), key="synthetic")
+        entries.append(CacheEntry(image_id, path, "synthetic", ("synthetic",), None))
+    write_manifest(cache_dir, entries, config or Config())
+    return [e.id for e in entries]

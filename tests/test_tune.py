@@ -223,3 +223,30 @@ def test_empty_images() -> None:
     # no prediction: FN -> 0; a prediction without truth: FP -> 0; neither: 1 (metric's convention)
     assert out.image_scores.tolist() == [0.0, 0.0, 1.0]
     assert InstanceTable.build([]).n_images == 0
+
+
+def test_tune_command_on_a_cache(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kernel_lib.__main__ import main
+    from kernel_lib.evaluate import evaluate_cache
+    from kernel_lib.tune import write_synthetic_cache
+
+    truth, cache = data_dir / "train.csv", tmp_path / "cache"
+    ids = write_synthetic_cache(truth, cache, seed=2)
+    assert len(ids) == 7
+    out = tmp_path / "best.json"
+    history = tmp_path / "history.csv"
+    args = ["tune", "--truth", str(truth), "--cache", str(cache), "--out", str(out), "--trials", "30"]
+    assert main([*args, "--history", str(history)]) == 0
+    printed = capsys.readouterr().out
+    assert "overall:" in printed and f"wrote {out}" in printed
+    best = load_config(out)
+    assert len(pd.read_csv(history)) > 3 * 30 - 3  # every type: its trials, plus refinement
+    # on the reference pipeline (finalize + metric), the written config never loses to the defaults
+    default_eval, _ = evaluate_cache(truth, cache, Config(), progress=False)
+    best_eval, _ = evaluate_cache(truth, cache, best, progress=False)
+    assert best_eval.report.score >= default_eval.report.score
+    assert f"{default_eval.report.score:.4f} -> {best_eval.report.score:.4f}" in printed
+    assert best.ensemble == Config().ensemble  # the cache's ensemble is kept
+
+    assert main(["tune", "--truth", str(truth), "--cache", str(tmp_path / "empty")]) == 2
+    assert main([*args, "--trials", "0"]) == 2

@@ -1,0 +1,31 @@
+"""``python -m kernel_lib report --truth TRAIN_CSV --cache DIR --images DIR [--config CFG]
+[--out report.html] [--worst 6]``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", required=True, help="train.csv with the cached images' annotations")
+    parser.add_argument(
+        "--cache", default="oof_cache", help="instance cache filled by `evaluate` (default ./oof_cache)"
+    )
+    parser.add_argument("--images", help="folder of the <id>.png images, for the overlays (omit: no overlays)")
+    parser.add_argument("--config", help="post-processing to report (default: the one evaluate used)")
+    parser.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    parser.add_argument("--worst", type=int, default=6, help="overlays of this many lowest-scoring images (default 6)")
+    parser.add_argument("--title", default="Out-of-fold evaluation", help="page title")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kernel_lib.config import load_config
+    from kernel_lib.evaluate import evaluate_cache, read_truth
+    from kernel_lib.report import write_report
+
+    config = load_config(args.config) if args.config else None
+    evaluation, predictions = evaluate_cache(args.truth, args.cache, config)
+    truth = read_truth(args.truth, ids=predictions)
+    path = write_report(args.out, evaluation, predictions, truth, args.images, args.worst, args.title)
+    print(f"wrote {path}: score {evaluation.report.score:.4f} over {evaluation.report.n_images} image(s)")
+    return 0
