@@ -50,7 +50,8 @@ __all__ = [
 
 Instances = CropMasks | np.ndarray | Sequence[str]
 """One image's instances: a CropMasks, a (N, H, W) bool stack, a (H, W) integer label
-image (label k >= 1 is instance k-1), or N RLE strings."""
+image (0 is background; each label present is one instance, in increasing label order),
+or N RLE strings."""
 
 
 # --------------------------------------------------------------------------- pixels
@@ -77,9 +78,15 @@ def instance_pixels(instances: Instances, shape: tuple[int, int] = IMAGE_SHAPE) 
             return inst.astype(np.int64), pix.astype(np.int64), n
         if instances.ndim == 2 and np.issubdtype(instances.dtype, np.integer):
             flat = instances.ravel()
+            if flat.size and flat.min() < 0:
+                raise ValueError(f"label image: expected labels >= 0, got {int(flat.min())}")
             pix = np.flatnonzero(flat > 0)
-            labels = flat[pix].astype(np.int64) - 1
-            n = int(labels.max()) + 1 if labels.size else 0
+            labels = flat[pix].astype(np.int64)
+            present = np.flatnonzero(np.bincount(labels)) if labels.size else np.zeros(0, np.int64)
+            remap = np.zeros(int(present[-1]) + 1 if present.size else 1, np.int64)
+            remap[present] = np.arange(present.size)
+            labels = remap[labels]  # the present labels, in increasing order, become 0..n-1
+            n = present.size
             order = np.argsort(labels, kind="stable")
             return labels[order], pix[order].astype(np.int64), n
         raise ValueError(

@@ -123,8 +123,8 @@ def test_input_forms_agree() -> None:
     pred = stack(box(0, 10, 0, 9), C)
     expected = image_score(truth, pred).precision
     labels = np.zeros(SHAPE, np.int32)
-    labels[pred[0]] = 1
-    labels[pred[1]] = 2
+    labels[pred[0]] = 3  # labels need not be consecutive: 3 and 7 are two instances
+    labels[pred[1]] = 7
     forms = [CropMasks.from_stack(pred), labels, rle_encode_stack(pred)]
     for form in forms:
         np.testing.assert_array_equal(image_score(CropMasks.from_stack(truth), form, shape=SHAPE).precision, expected)
