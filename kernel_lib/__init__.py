@@ -34,6 +34,15 @@ from kernel_lib.submission import Problem, validate_submission, write_submission
 
 # --- end core (issue 3) ---
 
+# --- evaluation: folds, out-of-fold evaluation, tuning, report (issue 6) ---
+# isort: split
+from kernel_lib.evaluate import Evaluation, evaluate, evaluate_cache, read_truth
+from kernel_lib.folds import make_folds, read_folds, write_folds
+from kernel_lib.report import write_report
+from kernel_lib.tune import InstanceTable, TuneImage, TuneResult, images_from_cache, tune_postprocess
+
+# --- end evaluation (issue 6) ---
+
 __all__ = [
     "CELL_TYPES",
     "IMAGE_SHAPE",
@@ -65,4 +74,21 @@ __all__ = [
     "to_model_input",
     "validate_submission",
     "write_submission",
+]
+
+# issue 6 exports
+__all__ += [
+    "Evaluation",
+    "InstanceTable",
+    "TuneImage",
+    "TuneResult",
+    "evaluate",
+    "evaluate_cache",
+    "images_from_cache",
+    "make_folds",
+    "read_folds",
+    "read_truth",
+    "tune_postprocess",
+    "write_folds",
+    "write_report",
 ]
