@@ -43,6 +43,41 @@ from kernel_lib.tune import InstanceTable, TuneImage, TuneResult, images_from_ca
 
 # --- end evaluation (issue 6) ---
 
+# --- inference: TTA, ensembling, pipeline (issue 4) ---
+# isort: split
+from kernel_lib.ensemble import (
+    SoftInstances,
+    fuse_views,
+    mask_nms,
+    paste,
+    paste_soft,
+    weighted_mask_fusion,
+)
+from kernel_lib.tta import View, make_views
+
+# torch-dependent names, imported on first use (``import kernel_lib`` never imports torch)
+_LAZY: dict[str, str] = {
+    "FoldModel": "kernel_lib.model",
+    "EnsemblePredictor": "kernel_lib.model",
+    "make_demo_models": "kernel_lib.demo_models",
+    "InferenceResult": "kernel_lib.pipeline",
+    "finalize": "kernel_lib.pipeline",
+    "load_models": "kernel_lib.pipeline",
+    "predict_instances": "kernel_lib.pipeline",
+    "run_inference": "kernel_lib.pipeline",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'kernel_lib' has no attribute {name!r}")
+
+
+# --- end inference (issue 4) ---
+
 __all__ = [
     "CELL_TYPES",
     "IMAGE_SHAPE",
@@ -74,6 +109,26 @@ __all__ = [
     "to_model_input",
     "validate_submission",
     "write_submission",
+]
+
+# issue 4 exports (lazy names included: resolved through __getattr__)
+__all__ += [
+    "EnsemblePredictor",
+    "FoldModel",
+    "InferenceResult",
+    "SoftInstances",
+    "View",
+    "finalize",
+    "fuse_views",
+    "load_models",
+    "make_demo_models",
+    "make_views",
+    "mask_nms",
+    "paste",
+    "paste_soft",
+    "predict_instances",
+    "run_inference",
+    "weighted_mask_fusion",
 ]
 
 # issue 6 exports

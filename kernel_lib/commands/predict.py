@@ -1,0 +1,48 @@
+"""``python -m kernel_lib predict --test-dir DIR --models DIR --out submission.csv
+[--config CFG] [--device auto|cpu|cuda] [--sample SAMPLE_CSV] [--batch-size N] [--workers N] [--no-half]``.
+
+Runs the fold-model ensemble (TTA, ensembling, post-processing) on a test folder and
+writes a validated submission. Options given here override the config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--test-dir", required=True, help="folder of <id>.png test images")
+    parser.add_argument("--models", required=True, help="model folder: <name>/config.yaml + model_final.pth")
+    parser.add_argument("--out", default="submission.csv", help="submission CSV to write (default submission.csv)")
+    parser.add_argument("--config", help="JSON config (written by `tune`); default: built-in defaults")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the models run (default: config)")
+    parser.add_argument("--sample", help="sample_submission.csv: predict and write exactly its ids")
+    parser.add_argument("--batch-size", type=int, help="images per model call (default: config)")
+    parser.add_argument("--workers", type=int, help="data-loader worker processes (default: config)")
+    parser.add_argument("--no-half", action="store_true", help="run float32 on CUDA")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from kernel_lib.config import load_config
+    from kernel_lib.pipeline import run_inference
+
+    config = load_config(args.config)
+    overrides = {}
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.batch_size is not None:
+        overrides["batch_size"] = args.batch_size
+    if args.workers is not None:
+        overrides["num_workers"] = args.workers
+    if args.no_half:
+        overrides["half"] = False
+    if overrides:
+        config = config.replace(inference=dataclasses.replace(config.inference, **overrides))
+    result = run_inference(
+        args.test_dir, args.models, args.out, config, sample_csv=args.sample, progress=not args.quiet
+    )
+    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"wrote {result.submission}: {result.n_images} images, {result.n_instances} instances ({seconds})")
+    return 0

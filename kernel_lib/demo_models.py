@@ -1,0 +1,111 @@
+"""Random-weight demonstration checkpoints in the model-folder layout (torch).
+
+They let the whole pipeline (loading, batched TTA inference, ensembling, submission)
+run end to end without trained weights: in tests, in the benchmark, and to try the
+notebook. Their predictions are meaningless, and their meta.json says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from detectron2.config import CfgNode
+
+from kernel_lib.model import CONFIG_FILE, MANIFEST_FILE, META_FILE, WEIGHTS_FILE
+
+DEMO_NOTE = "RANDOM DEMONSTRATION WEIGHTS, NOT TRAINED: predictions are meaningless; for tests and benchmarks only."
+
+
+def make_demo_models(
+    out_dir: str | Path,
+    n_folds: int = 2,
+    arch: str = "R50",
+    seed: int = 0,
+    *,
+    min_size_test: int | None = None,
+    max_size_test: int | None = None,
+    archs: list[str] | None = None,
+    tiny: bool = False,
+) -> list[Path]:
+    """Write ``out_dir/fold{K}/{config.yaml, model_final.pth, meta.json}`` for K < n_folds,
+    plus ``out_dir/models.json`` (weight 1.0 each).
+
+    Each fold is a detectron2 model built from :func:`kernel_lib.d2config.sartorius_config`
+    with random weights (seed ``seed + K``), saved as ``{"model": state_dict}``, the
+    layout a training run writes. meta.json holds ``{"fold": K, "weights": "random", ...}``.
+
+    Args:
+        out_dir: folder to create (existing fold folders are overwritten).
+        n_folds: number of models, >= 1.
+        arch: architecture of every fold (a key of ``kernel_lib.d2config.ARCHS``).
+        seed: base random seed.
+        min_size_test, max_size_test: override ``INPUT.MIN_SIZE_TEST`` /
+            ``MAX_SIZE_TEST`` (small values make CPU tests fast); None keeps the
+            zoo's 800 / 1333.
+        archs: one architecture per fold instead of ``arch`` (mixed ensembles).
+        tiny: shrink the architecture for fast CPU tests (see :func:`shrink_config`): same
+            model classes and layout, far fewer channels and layers.
+
+    Returns:
+        The fold folders, in order.
+
+    Raises:
+        ValueError: ``n_folds`` < 1, an unknown architecture, or ``archs`` of the wrong length.
+    """
+    from detectron2.modeling import build_model
+
+    from kernel_lib.d2config import sartorius_config
+
+    if n_folds < 1:
+        raise ValueError(f"make_demo_models: n_folds must be >= 1, got {n_folds}")
+    if archs is not None and len(archs) != n_folds:
+        raise ValueError(f"make_demo_models: expected {n_folds} archs (one per fold), got {len(archs)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folders = []
+    for fold in range(n_folds):
+        fold_arch = archs[fold] if archs is not None else arch
+        cfg = sartorius_config(fold_arch)
+        if min_size_test is not None:
+            cfg.INPUT.MIN_SIZE_TEST = int(min_size_test)
+        if max_size_test is not None:
+            cfg.INPUT.MAX_SIZE_TEST = int(max_size_test)
+        if tiny:
+            shrink_config(cfg)
+        torch.manual_seed(seed + fold)
+        model = build_model(cfg)
+        folder = out_dir / f"fold{fold}"
+        folder.mkdir(exist_ok=True)
+        (folder / CONFIG_FILE).write_text(cfg.dump())
+        torch.save({"model": model.state_dict()}, folder / WEIGHTS_FILE)
+        meta = {
+            "fold": fold,
+            "arch": fold_arch + (" (tiny)" if tiny else ""),
+            "weights": "random",
+            "seed": seed + fold,
+            "note": DEMO_NOTE,
+        }
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        folders.append(folder)
+    manifest = {"models": [{"name": f.name, "weight": 1.0} for f in folders], "note": DEMO_NOTE}
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folders
+
+
+def shrink_config(cfg: CfgNode) -> CfgNode:
+    """Make a detectron2 Mask R-CNN config test-sized, in place: ResNet-18 (ResNeXt-50
+    8x4d when the config is grouped, e.g. X101), 64 FPN channels, a 2-conv 64-channel
+    mask head and a 128-wide box head. Same meta-architecture, ROI heads (standard or
+    cascade) and mask resolution as the original."""
+    grouped = cfg.MODEL.RESNETS.NUM_GROUPS > 1
+    cfg.MODEL.RESNETS.DEPTH = 50 if grouped else 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    if grouped:
+        cfg.MODEL.RESNETS.NUM_GROUPS, cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 8, 4
+    cfg.MODEL.FPN.OUT_CHANNELS = 64
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 128
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 64
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
+    return cfg

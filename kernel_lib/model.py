@@ -1,0 +1,608 @@
+"""Fold models: loading, batched multi-view inference and RoI-level ensembling (torch).
+
+The only inference module that imports torch. Everything leaves it as numpy
+:class:`~kernel_lib.ensemble.SoftInstances` in the original frame: boxes plus RoI-sized
+soft masks, never full-frame masks.
+
+Model folder layout (``docs/design.md``)::
+
+    MODELS/<name>/config.yaml      a detectron2 config dump (what training writes)
+    MODELS/<name>/model_final.pth  its weights ({"model": state_dict} or a state dict)
+    MODELS/<name>/meta.json        optional, {"fold": K, ...}
+    MODELS/models.json             optional, {"models": [{"name": "fold0", "weight": 1.0}, ...]}
+
+Inference calls the detectron2 model's own parts on batches of
+``{"image", "height", "width"}`` (resized here to each config's ``MIN_SIZE_TEST``):
+``preprocess_image`` -> ``backbone`` -> ``proposal_generator`` ->
+``roi_heads._forward_box``, and for masks ``roi_heads._forward_mask`` on given boxes,
+as detectron2's ``GeneralizedRCNNWithTTA`` does, extended across models:
+
+- ``roi`` method: every (model, view) detects boxes; the boxes, mapped back to the
+  frame, are merged by class-agnostic box NMS; then every model's mask head runs on
+  the merged boxes in every view (reusing that view's backbone features) and the
+  un-flipped soft masks are averaged with the models' weights.
+- ``wmf`` / ``mask_nms``: every (model, view) yields its own instances with masks,
+  mapped back to the frame; :func:`kernel_lib.ensemble.fuse` combines them.
+
+On CUDA, ``InferenceConfig.half`` runs under ``torch.autocast(float16)`` (box maths
+stays float32); with several GPUs every GPU holds a replica of every model and takes
+whole batches in turn. A ``DataLoader`` reads, converts and resizes the next images in
+worker processes while the models run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import re
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from kernel_lib.config import CELL_TYPES, EnsembleConfig, InferenceConfig
+from kernel_lib.ensemble import DEFAULT_MASK_SIZE, SoftInstances
+from kernel_lib.images import read_image, to_model_input
+from kernel_lib.tta import View, make_views
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model_final.pth"
+META_FILE = "meta.json"
+MANIFEST_FILE = "models.json"
+MASK_ROI_CHUNK = 4096
+"""Most RoIs sent through one mask-head call (bounds activation memory)."""
+
+
+# ---------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class FoldModel:
+    """One loaded detectron2 model of a model folder.
+
+    Attributes:
+        name: sub-folder name (e.g. ``fold0``).
+        path: the sub-folder.
+        fold: the fold it was trained for (meta.json "fold", else the number after
+            "fold" in the name), or None.
+        weight: its weight in the ensemble (models.json, default 1.0).
+        cfg: its detectron2 config (as loaded, with the ensemble's score threshold
+            and detection limit applied).
+        model: the eval-mode ``GeneralizedRCNN`` on ``device``.
+        device: where it runs.
+        meta: meta.json contents ({} when absent).
+    """
+
+    name: str
+    path: Path
+    fold: int | None
+    weight: float
+    cfg: Any
+    model: torch.nn.Module
+    device: torch.device
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_size(self) -> int:
+        sizes = self.cfg.INPUT.MIN_SIZE_TEST
+        return int(sizes[0] if isinstance(sizes, (list, tuple)) else sizes)
+
+    @property
+    def max_size(self) -> int:
+        return int(self.cfg.INPUT.MAX_SIZE_TEST)
+
+    @property
+    def arch(self) -> str:
+        """A short description, e.g. ``StandardROIHeads/build_resnet_fpn_backbone/R50``."""
+        return (
+            f"{self.cfg.MODEL.ROI_HEADS.NAME}/{self.cfg.MODEL.BACKBONE.NAME}/"
+            f"R{self.cfg.MODEL.RESNETS.DEPTH}x{self.cfg.MODEL.RESNETS.NUM_GROUPS}"
+        )
+
+    def to(self, device: torch.device) -> FoldModel:
+        """A replica on another device (deep copy of the module)."""
+        model = copy.deepcopy(self.model).to(device)
+        return FoldModel(self.name, self.path, self.fold, self.weight, self.cfg, model, device, self.meta)
+
+
+def resolve_device(name: str) -> torch.device:
+    """Device of a config name: "auto" -> cuda:0 when CUDA is available else cpu; "cuda" without CUDA -> ValueError."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch sees no CUDA device; use --device cpu or auto")
+        return torch.device("cuda:0")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"device: expected auto, cpu or cuda, got {name!r}")
+
+
+def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
+    """(name, weight) of each model: from models.json when present, else every
+    sub-folder (sorted, hidden ones skipped) with weight 1.0.
+
+    Raises:
+        ValueError: the folder is missing or empty, or models.json is malformed.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ValueError(f"model folder {models_dir} does not exist; pass the folder holding <name>/{CONFIG_FILE}")
+    manifest = models_dir / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{manifest} is not valid JSON ({err}); fix it or delete it") from None
+        entries = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f'{manifest}: expected {{"models": [{{"name": "fold0", "weight": 1.0}}, ...]}}')
+        out = []
+        for k, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ValueError(f"{manifest}: models[{k}] needs a string 'name', got {entry!r}")
+            weight = entry.get("weight", 1.0)
+            if not isinstance(weight, (int, float)) or not weight > 0:
+                raise ValueError(f"{manifest}: models[{k}] ({entry['name']}): weight must be > 0, got {weight!r}")
+            out.append((entry["name"], float(weight)))
+        names = [n for n, _ in out]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{manifest}: a model is listed twice: {names}")
+        return out
+    subdirs = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not subdirs:
+        raise ValueError(
+            f"model folder {models_dir} holds no model sub-folder; expected {models_dir}/<name>/{CONFIG_FILE} "
+            f"and {WEIGHTS_FILE} (make demo ones with kernel_lib.demo_models.make_demo_models)"
+        )
+    return [(name, 1.0) for name in subdirs]
+
+
+def _fold_of(name: str, meta: dict[str, Any]) -> int | None:
+    if isinstance(meta.get("fold"), int):
+        return int(meta["fold"])
+    match = re.search(r"fold\D*(\d+)", name, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # detectron2 training checkpoints may hold optimizer/scheduler objects; these
+        # are the user's own files, as with detectron2's own Checkpointer.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"model {name}: {path} could not be read as a torch checkpoint ({err})") from None
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"model {name}: {path} holds no state dict (expected {{'model': state_dict}} or a state dict)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], name: str, path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+                parts.append(f"{label}: {', '.join(items[:3])}{more}")
+        raise ValueError(
+            f"model {name}: {path} does not match its {CONFIG_FILE} ({'; '.join(parts)}); "
+            f"was it trained with this config (architecture, NUM_CLASSES)?"
+        )
+
+
+def load_fold_model(folder: Path, weight: float, device: torch.device, ensemble: EnsembleConfig) -> FoldModel:
+    """Build one model from ``folder/config.yaml`` and load ``folder/model_final.pth`` strictly.
+
+    The ensemble's ``candidate_score`` and ``detections_per_image`` replace the config's
+    ``SCORE_THRESH_TEST`` and ``DETECTIONS_PER_IMAGE``.
+
+    Raises:
+        ValueError: a missing file, an unreadable config or checkpoint, a model that is
+            not a 3-class mask model, or weights that do not fit the config; the message
+            names the model.
+    """
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    folder = Path(folder)
+    name = folder.name
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise ValueError(f"model {name}: {path} is missing; a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    meta: dict[str, Any] = {}
+    if (folder / META_FILE).is_file():
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"model {name}: {folder / META_FILE} is not valid JSON ({err})") from None
+    cfg = get_cfg()
+    cfg.set_new_allowed(True)
+    try:
+        cfg.merge_from_file(str(config_path))
+    except Exception as err:
+        raise ValueError(f"model {name}: {config_path} is not a readable detectron2 config ({err})") from None
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or not cfg.MODEL.MASK_ON:
+        raise ValueError(
+            f"model {name}: expected a GeneralizedRCNN with MASK_ON (Mask R-CNN / Cascade), got "
+            f"{cfg.MODEL.META_ARCHITECTURE} with MASK_ON={cfg.MODEL.MASK_ON} in {config_path}"
+        )
+    if len(CELL_TYPES) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ValueError(
+            f"model {name}: {config_path} has ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES}, "
+            f"expected {len(CELL_TYPES)} ({', '.join(CELL_TYPES)})"
+        )
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = str(device)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = ensemble.candidate_score
+    cfg.TEST.DETECTIONS_PER_IMAGE = ensemble.detections_per_image
+    cfg.freeze()
+    model = build_model(cfg)
+    if not hasattr(model.roi_heads, "_forward_mask") or model.roi_heads.mask_pooler is None:
+        raise ValueError(f"model {name}: ROI heads {cfg.MODEL.ROI_HEADS.NAME} are not FPN mask heads; unsupported")
+    state = _read_state_dict(weights_path, name)
+    _check_state_dict(model, state, name, weights_path)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return FoldModel(name, folder, _fold_of(name, meta), float(weight), cfg, model, device, meta)
+
+
+def load_models(models_dir: str | Path, ensemble: EnsembleConfig, inference: InferenceConfig) -> list[FoldModel]:
+    """Load every model of a model folder once, on ``inference.device`` (first GPU).
+
+    Raises:
+        ValueError: see :func:`read_manifest` and :func:`load_fold_model`.
+    """
+    models_dir = Path(models_dir)
+    device = resolve_device(inference.device)
+    return [load_fold_model(models_dir / name, weight, device, ensemble) for name, weight in read_manifest(models_dir)]
+
+
+# ---------------------------------------------------------------------------------
+# data loading
+
+
+def _geometry(fm: FoldModel) -> tuple[int, int]:
+    return fm.min_size, fm.max_size
+
+
+def views_for(shape: tuple[int, int], geometry: tuple[int, int], ensemble: EnsembleConfig) -> list[View]:
+    """The TTA views of an image of ``shape`` for models of one input geometry."""
+    return make_views(ensemble.tta, ensemble.scales, shape, geometry[0], geometry[1])
+
+
+class ImageDataset(Dataset):
+    """Reads image i and prepares every view's model input for every model geometry.
+
+    Items: ``{"id": str, "grey": (H, W) uint8, "inputs": {geometry: [(3, h, w) uint8
+    tensor per view]}}`` with geometry = (MIN_SIZE_TEST, MAX_SIZE_TEST).
+    """
+
+    def __init__(self, paths: Sequence[Path], geometries: Sequence[tuple[int, int]], ensemble: EnsembleConfig) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.geometries = list(dict.fromkeys(geometries))
+        self.ensemble = ensemble
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        grey = read_image(path)
+        bgr = to_model_input(grey)
+        inputs: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for geometry in self.geometries:
+            tensors = []
+            for view in views_for(grey.shape, geometry, self.ensemble):
+                tensors.append(torch.from_numpy(np.ascontiguousarray(view.apply_image(bgr).transpose(2, 0, 1))))
+            inputs[geometry] = tensors
+        return {"id": path.stem, "grey": grey, "inputs": inputs}
+
+
+def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+# ---------------------------------------------------------------------------------
+# inference
+
+
+@dataclass
+class ViewOutputs:
+    """What the models produced for one image.
+
+    Attributes:
+        fused: the "roi"-fused instances (None for the other methods).
+        views: per (model, view) instances in the frame (empty for "roi").
+        weights: the model weight of each entry of ``views``.
+        names: "<model>/<view>" of each entry of ``views``.
+    """
+
+    fused: SoftInstances | None
+    views: list[SoftInstances]
+    weights: list[float]
+    names: list[str]
+
+
+def _autocast(device: torch.device, half: bool) -> Any:
+    if device.type == "cuda" and half:
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def _to_soft(
+    boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, masks: torch.Tensor, shape
+) -> SoftInstances:
+    return SoftInstances(
+        boxes.float().cpu().numpy(),
+        scores.float().cpu().numpy(),
+        classes.cpu().numpy(),
+        masks.float().cpu().numpy(),
+        shape,
+    )
+
+
+def _resize_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, m, m) -> (N, size, size); box-relative, so a plain half-pixel bilinear resize."""
+    if masks.shape[-1] == size:
+        return masks
+    return F.interpolate(masks[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+class EnsemblePredictor:
+    """Runs a list of fold models (all on one device) on batches of loaded images.
+
+    Args:
+        models: the models (see :func:`load_models`), all on the same device.
+        ensemble: method, TTA views, scales, merge NMS IoU, detection limit.
+        inference: half precision flag.
+        mask_min_score: "roi" only: merged boxes scoring below this get an all-zero
+            mask instead of running the mask heads (they keep their score and class,
+            so a later cell-type vote still sees them). 0 runs every box.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[FoldModel],
+        ensemble: EnsembleConfig,
+        inference: InferenceConfig,
+        mask_min_score: float = 0.0,
+    ) -> None:
+        if not models:
+            raise ValueError("EnsemblePredictor: expected at least one model, got none")
+        devices = {str(m.device) for m in models}
+        if len(devices) != 1:
+            raise ValueError(f"EnsemblePredictor: models must share one device, got {sorted(devices)}")
+        self.models = list(models)
+        self.device = models[0].device
+        self.ensemble = ensemble
+        self.inference = inference
+        self.mask_min_score = mask_min_score
+
+    # one model, one geometry: detection pass -------------------------------------
+    def _detect(
+        self, fm: FoldModel, images: list[torch.Tensor], views: list[View], with_masks: bool
+    ) -> tuple[list[Any], dict[str, torch.Tensor] | None]:
+        """Run one model on images (already transformed by their views)."""
+        model = fm.model
+        inputs = [
+            {"image": img.to(self.device, non_blocking=True), "height": v.out_shape[0], "width": v.out_shape[1]}
+            for img, v in zip(images, views)
+        ]
+        with _autocast(self.device, self.inference.half):
+            batch = model.preprocess_image(inputs)
+            features = model.backbone(batch.tensor)
+            proposals, _ = model.proposal_generator(batch, features, None)
+            detections = model.roi_heads._forward_box(features, proposals)
+            if with_masks:
+                detections = model.roi_heads._forward_mask(features, detections)
+                return detections, None
+        keep = {f: features[f] for f in model.roi_heads.mask_in_features}
+        return detections, keep
+
+    def _masks_on_boxes(
+        self,
+        fm: FoldModel,
+        features: dict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        classes: list[torch.Tensor],
+        views: list[View],
+    ) -> list[torch.Tensor]:
+        """Soft masks (n_j, M, M) of ``fm`` for given boxes (view coordinates) per image j."""
+        from detectron2.structures import Boxes, Instances
+
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(boxes):
+            stop, rois = start, 0
+            while stop < len(boxes) and (stop == start or rois + len(boxes[stop]) <= MASK_ROI_CHUNK):
+                rois += len(boxes[stop])
+                stop += 1
+            instances = [
+                Instances(views[j].out_shape, pred_boxes=Boxes(boxes[j]), pred_classes=classes[j])
+                for j in range(start, stop)
+            ]
+            feats = {k: v[start:stop] for k, v in features.items()}
+            with _autocast(self.device, self.inference.half):
+                instances = fm.model.roi_heads._forward_mask(feats, instances)
+            out.extend(inst.pred_masks[:, 0].float() for inst in instances)
+            start = stop
+        return out
+
+    # a batch ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def predict_batch(self, items: Sequence[dict[str, Any]]) -> list[ViewOutputs]:
+        """Items from :class:`ImageDataset` -> one :class:`ViewOutputs` per item."""
+        roi = self.ensemble.method == "roi"
+        shapes = [tuple(item["grey"].shape) for item in items]
+        # per model: flat lists over (image, view), grouped into calls by view input shape
+        per_model = []
+        for fm in self.models:
+            geometry = _geometry(fm)
+            flat = []  # (image index, view, tensor)
+            for i, item in enumerate(items):
+                views = views_for(shapes[i], geometry, self.ensemble)
+                flat.extend((i, v, t) for v, t in zip(views, item["inputs"][geometry]))
+            groups: dict[tuple[int, int], list[tuple[int, View, torch.Tensor]]] = {}
+            for entry in flat:
+                groups.setdefault(entry[1].out_shape, []).append(entry)
+            calls = []
+            for group in groups.values():
+                dets, feats = self._detect(fm, [e[2] for e in group], [e[1] for e in group], with_masks=not roi)
+                calls.append((group, dets, feats))
+            per_model.append(calls)
+        if not roi:
+            return self._collect_views(items, shapes, per_model)
+        return self._fuse_roi(items, shapes, per_model)
+
+    def _collect_views(self, items, shapes, per_model) -> list[ViewOutputs]:
+        outs = [ViewOutputs(None, [], [], []) for _ in items]
+        for fm, calls in zip(self.models, per_model):
+            for group, dets, _ in calls:
+                for (i, view, _), det in zip(group, dets):
+                    boxes = view.invert_boxes(det.pred_boxes.tensor.float())
+                    masks = view.invert_roi_masks(det.pred_masks[:, 0])
+                    outs[i].views.append(_to_soft(boxes, det.scores, det.pred_classes, masks, shapes[i]))
+                    outs[i].weights.append(fm.weight)
+                    outs[i].names.append(f"{fm.name}/{view.key}")
+        return outs
+
+    def _fuse_roi(self, items, shapes, per_model) -> list[ViewOutputs]:
+        from torchvision.ops import batched_nms
+
+        n = len(items)
+        boxes_all: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        scores_all: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        classes_all: list[list[torch.Tensor]] = [[] for _ in range(n)]
+        for calls in per_model:
+            for group, dets, _ in calls:
+                for (i, view, _), det in zip(group, dets):
+                    boxes_all[i].append(view.invert_boxes(det.pred_boxes.tensor.float()))
+                    scores_all[i].append(det.scores.float())
+                    classes_all[i].append(det.pred_classes)
+        merged = []
+        for i in range(n):
+            boxes, scores, classes = torch.cat(boxes_all[i]), torch.cat(scores_all[i]), torch.cat(classes_all[i])
+            # class-agnostic: one cell is one instance whatever class each model gave it
+            keep = batched_nms(boxes, scores, torch.zeros_like(classes), self.ensemble.box_nms_iou)
+            keep = keep[: self.ensemble.detections_per_image]
+            merged.append((boxes[keep], scores[keep], classes[keep]))
+        selected = [scores >= self.mask_min_score for _, scores, _ in merged]
+
+        # every (model, view) mask head on the merged boxes; masks stay on the device
+        parts: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(n)]
+        for k, fm in enumerate(self.models):
+            calls, per_model[k] = per_model[k], None  # let this model's features go after use
+            for group, _, feats in calls:
+                view_boxes = [view.apply_boxes(merged[i][0][selected[i]]) for i, view, _ in group]
+                view_classes = [merged[i][2][selected[i]] for i, _, _ in group]
+                masks = self._masks_on_boxes(fm, feats, view_boxes, view_classes, [e[1] for e in group])
+                for (i, view, _), m in zip(group, masks):
+                    parts[i].append((fm.weight, view.invert_roi_masks(m)))
+            del calls
+        outs = []
+        for i in range(n):
+            boxes, scores, classes = merged[i]
+            size = max((m.shape[-1] for _, m in parts[i]), default=DEFAULT_MASK_SIZE)
+            total = sum(w for w, _ in parts[i])
+            masks = torch.zeros((len(boxes), size, size), device=boxes.device)
+            if parts[i] and int(selected[i].sum()):
+                masks[selected[i]] = sum(w * _resize_masks(m, size) for w, m in parts[i]) / total
+            outs.append(ViewOutputs(_to_soft(boxes, scores, classes, masks, shapes[i]), [], [], []))
+        return outs
+
+
+def cuda_devices(inference: InferenceConfig) -> list[torch.device]:
+    """Every visible GPU when the device resolves to CUDA, else [cpu]."""
+    device = resolve_device(inference.device)
+    if device.type != "cuda":
+        return [device]
+    return [torch.device(f"cuda:{k}") for k in range(torch.cuda.device_count())]
+
+
+def predict(
+    image_paths: Sequence[str | Path],
+    models: Sequence[FoldModel],
+    ensemble: EnsembleConfig,
+    inference: InferenceConfig,
+    mask_min_score: float = 0.0,
+    progress: bool = True,
+) -> Iterator[tuple[str, np.ndarray, ViewOutputs]]:
+    """Run the models on images, in order: yields (id, grey (H, W) uint8, ViewOutputs).
+
+    Batches of ``inference.batch_size`` images are read by a ``DataLoader`` with
+    ``inference.num_workers`` workers. With several GPUs, each GPU gets a replica of
+    every model and whole batches in turn (results still come out in input order).
+    """
+    if not models:
+        raise ValueError("predict: expected at least one model, got none")
+    paths = [Path(p) for p in image_paths]
+    devices = cuda_devices(inference) if models[0].device.type == "cuda" else [models[0].device]
+    replicas = [list(models)]
+    for device in devices[1:]:
+        replicas.append([fm.to(device) for fm in models])
+    predictors = [EnsemblePredictor(r, ensemble, inference, mask_min_score) for r in replicas]
+    dataset = ImageDataset(paths, [_geometry(fm) for fm in models], ensemble)
+    loader = DataLoader(
+        dataset,
+        batch_size=inference.batch_size,
+        shuffle=False,
+        num_workers=inference.num_workers,
+        collate_fn=_collate,
+        pin_memory=devices[0].type == "cuda",
+        persistent_workers=False,
+    )
+    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
+    try:
+        if len(predictors) == 1:
+            for batch in loader:
+                for item, out in zip(batch, predictors[0].predict_batch(batch)):
+                    yield item["id"], item["grey"], out
+                bar.update(len(batch))
+            return
+        executors = [ThreadPoolExecutor(max_workers=1) for _ in predictors]
+        pending: deque[tuple[list[dict[str, Any]], Future]] = deque()
+        try:
+            for k, batch in enumerate(loader):
+                pending.append(
+                    (batch, executors[k % len(executors)].submit(predictors[k % len(executors)].predict_batch, batch))
+                )
+                while len(pending) > 2 * len(executors) or (pending and pending[0][1].done()):
+                    done_batch, future = pending.popleft()
+                    for item, out in zip(done_batch, future.result()):
+                        yield item["id"], item["grey"], out
+                    bar.update(len(done_batch))
+            while pending:
+                done_batch, future = pending.popleft()
+                for item, out in zip(done_batch, future.result()):
+                    yield item["id"], item["grey"], out
+                bar.update(len(done_batch))
+        finally:
+            for executor in executors:
+                executor.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()

@@ -1,0 +1,164 @@
+"""End to end on the CPU: demo fold models -> run_inference / the predict command -> a valid submission."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kernel_lib.config import Config, EnsembleConfig, InferenceConfig, PostprocessConfig
+from kernel_lib.ensemble import SoftInstances
+from kernel_lib.submission import validate_submission
+
+pytest.importorskip("detectron2")
+
+ROOT = Path(__file__).resolve().parents[1]
+# tiny models on small inputs keep the CPU tests fast: shrunk R50 configs (ResNet-18,
+# 64 channels), 192-pixel short side, at most 40 detections
+MIN_SIZE, MAX_SIZE, DETECTIONS = 192, 260, 40
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kernel_lib.demo_models import make_demo_models
+
+    out = tmp_path_factory.mktemp("models")
+    make_demo_models(out, n_folds=2, arch="R50", seed=0, min_size_test=MIN_SIZE, max_size_test=MAX_SIZE, tiny=True)
+    return out
+
+
+def _config(method: str = "roi", tta: tuple[str, ...] = ("identity", "hflip")) -> Config:
+    return Config(
+        ensemble=EnsembleConfig(method=method, tta=tta, detections_per_image=DETECTIONS),
+        inference=InferenceConfig(device="cpu", batch_size=2, num_workers=0),
+    )
+
+
+def _sample_ids(data_dir: Path) -> list[str]:
+    return pd.read_csv(data_dir / "sample_submission.csv", dtype=str)["id"].tolist()
+
+
+def test_demo_models_layout(demo_dir: Path) -> None:
+    folders = sorted(p for p in demo_dir.iterdir() if p.is_dir())
+    assert [p.name for p in folders] == ["fold0", "fold1"]
+    for k, folder in enumerate(folders):
+        assert {p.name for p in folder.iterdir()} == {"config.yaml", "model_final.pth", "meta.json"}
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["fold"] == k
+        assert meta["weights"] == "random"
+        assert "NOT TRAINED" in meta["note"]
+        assert f"MIN_SIZE_TEST: {MIN_SIZE}" in (folder / "config.yaml").read_text()
+    manifest = json.loads((demo_dir / "models.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == ["fold0", "fold1"]
+
+
+@pytest.mark.parametrize("method", ["roi", "wmf", "mask_nms"])
+def test_run_inference_writes_valid_submission(demo_dir: Path, data_dir: Path, tmp_path: Path, method: str) -> None:
+    from kernel_lib.pipeline import run_inference
+
+    out = tmp_path / "submission.csv"
+    result = run_inference(
+        data_dir / "test",
+        demo_dir,
+        out,
+        _config(method),
+        sample_csv=data_dir / "sample_submission.csv",
+        progress=False,
+    )
+    assert result.submission == out
+    assert validate_submission(out, data_dir / "sample_submission.csv") == []
+    df = pd.read_csv(out, dtype=str, keep_default_na=False)
+    ids = _sample_ids(data_dir)
+    assert set(df["id"]) == set(ids)
+    assert result.n_images == len(ids) == 3
+    assert sorted(result.predictions) == sorted(ids)
+    written = sum(len(m) for m in result.predictions.values())
+    assert result.n_instances == written == (df["predicted"] != "").sum()
+    for key in ("load_models", "inference", "postprocess", "write", "total"):
+        assert result.timings[key] >= 0
+
+
+def test_predict_instances_and_finalize_contract(demo_dir: Path, data_dir: Path) -> None:
+    from kernel_lib.pipeline import finalize, load_models, predict_instances
+
+    config = _config("roi", tta=("identity", "vflip"))
+    models = load_models(demo_dir, config)
+    assert [m.name for m in models] == ["fold0", "fold1"]
+    assert [m.fold for m in models] == [0, 1]
+    paths = sorted((data_dir / "test").glob("*.png"))[:2]
+    outputs = list(predict_instances(paths, models, config, progress=False))
+    assert [o[0] for o in outputs] == [p.stem for p in paths]
+    for _, grey, inst in outputs:
+        assert grey.shape == (520, 704) and grey.dtype == np.uint8
+        assert isinstance(inst, SoftInstances)
+        assert inst.shape == (520, 704)
+        assert 0 < len(inst) <= DETECTIONS
+        assert inst.masks.shape == (len(inst), 28, 28) and inst.masks.dtype == np.float32
+        assert ((inst.masks >= 0) & (inst.masks <= 1)).all()
+        assert (inst.boxes[:, 2] >= inst.boxes[:, 0]).all() and (inst.boxes[:, 3] >= inst.boxes[:, 1]).all()
+        assert (inst.boxes >= 0).all() and (inst.boxes[:, 2] <= 704).all() and (inst.boxes[:, 3] <= 520).all()
+        assert (np.diff(inst.scores) <= 0).all()  # merged by NMS: descending score
+        # keep every instance: zero score thresholds, zero minimum areas
+        pp = PostprocessConfig(score_threshold=(0.0, 0.0, 0.0), min_area=(0, 0, 0))
+        done = finalize(inst, grey.shape, pp)
+        stack = done.masks.to_stack()
+        assert stack.sum(axis=0).max() <= 1  # disjoint
+        assert (done.masks.areas() > 0).all()
+    with pytest.raises(ValueError, match="frame"):
+        finalize(outputs[0][2], (100, 100), PostprocessConfig())
+
+
+def test_mask_min_score_skips_masks_but_keeps_votes(demo_dir: Path, data_dir: Path) -> None:
+    from kernel_lib.pipeline import load_models, predict_instances
+
+    config = _config("roi", tta=("identity",))
+    models = load_models(demo_dir, config)
+    path = [sorted((data_dir / "test").glob("*.png"))[0]]
+    ((_, _, full),) = predict_instances(path, models, config, progress=False)
+    cut = float(np.median(full.scores))
+    ((_, _, part),) = predict_instances(path, models, config, mask_min_score=cut, progress=False)
+    np.testing.assert_array_equal(part.boxes, full.boxes)
+    np.testing.assert_array_equal(part.classes, full.classes)
+    low = full.scores < cut
+    assert (part.masks[low] == 0).all()
+    np.testing.assert_allclose(part.masks[~low], full.masks[~low], atol=1e-5)
+
+
+def test_predict_command_writes_valid_submission(demo_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "submission.csv"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"ensemble": {"detections_per_image": DETECTIONS}, "inference": {"num_workers": 1}}))
+    cmd = [
+        sys.executable, "-m", "kernel_lib", "predict",
+        "--test-dir", str(data_dir / "test"),
+        "--models", str(demo_dir),
+        "--out", str(out),
+        "--config", str(config),
+        "--device", "cpu",
+        "--quiet",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    assert validate_submission(out, data_dir / "sample_submission.csv") == []
+    df = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert set(df["id"]) == set(_sample_ids(data_dir))
+
+
+def test_predict_command_names_a_broken_model(demo_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "models"
+    (broken / "fold0").mkdir(parents=True)
+    (broken / "fold0" / "config.yaml").write_text((demo_dir / "fold0" / "config.yaml").read_text())
+    cmd = [
+        sys.executable, "-m", "kernel_lib", "predict",
+        "--test-dir", str(data_dir / "test"), "--models", str(broken), "--out", str(tmp_path / "s.csv"),
+        "--device", "cpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "error: model fold0" in proc.stderr and "model_final.pth is missing" in proc.stderr
