@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The README's main job: run the Kaggle inference notebook locally, offline, on the CPU.
+#
+#   bash scripts/demo.sh [MODELS_DIR]
+#
+# Builds a /kaggle-like tree under demo/ (git-ignored):
+#   demo/kaggle/input/sartorius-cell-instance-segmentation/  test/ (the 3 shipped test images) + sample_submission.csv
+#   demo/kaggle/input/sartorius-offline-bundle/             the dataset build_dataset.py stages
+#   demo/kaggle/input/sartorius-fold-models/                MODELS_DIR (linked), or demonstration checkpoints
+#   demo/kaggle/working/                                     what the notebook writes
+# then executes notebooks/sartorius-inference.ipynb with KAGGLE_INPUT/KAGGLE_WORKING pointing
+# there and saves the executed copy as demo/sartorius-inference.executed.ipynb.
+#
+# MODELS_DIR holds one folder per fold model (config.yaml + model_final.pth, optional meta.json)
+# and optionally models.json, as `python -m kernel_lib train` writes them. Without it, two fold
+# checkpoints with RANDOM weights are made so that the whole path runs (their predictions are
+# noise). KERNEL_LIB_CONFIG=path/to/config.json runs the notebook with that pipeline config.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+if [ $# -gt 1 ]; then
+  echo "error: expected at most one argument (MODELS_DIR), got $#; see: bash scripts/demo.sh --help" >&2
+  exit 2
+fi
+case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+MODELS_SRC=${1:-}
+if [ -n "$MODELS_SRC" ]; then
+  if [ ! -d "$MODELS_SRC" ]; then
+    echo "error: MODELS_DIR $MODELS_SRC is not a folder; pass the folder that holds your fold model folders" >&2
+    exit 2
+  fi
+  if ! compgen -G "$MODELS_SRC/*/model_final.pth" >/dev/null; then
+    echo "error: no $MODELS_SRC/<fold>/model_final.pth found; MODELS_DIR must hold one folder per fold model" \
+      "(config.yaml + model_final.pth), e.g. runs/models with runs/models/fold0/..." >&2
+    exit 2
+  fi
+  MODELS_SRC=$(cd "$MODELS_SRC" && pwd)
+fi
+
+bash scripts/setup_env.sh
+PY=.venv/bin/python
+
+DEMO=$ROOT/demo
+INPUT=$DEMO/kaggle/input
+WORKING=$DEMO/kaggle/working
+COMPETITION=$INPUT/sartorius-cell-instance-segmentation
+BUNDLE=$INPUT/sartorius-offline-bundle
+MODELS=$INPUT/sartorius-fold-models
+EXECUTED=$DEMO/sartorius-inference.executed.ipynb
+start=$(date +%s)
+
+echo "== 1/4 competition data: the 3 shipped test images -> $COMPETITION"
+rm -rf "$COMPETITION" "$WORKING" "$MODELS" "$EXECUTED"
+mkdir -p "$COMPETITION" "$WORKING"
+cp -r tests/data/test "$COMPETITION/test"
+cp tests/data/sample_submission.csv "$COMPETITION/"
+
+echo "== 2/4 bundle dataset -> $BUNDLE"
+if ! "$PY" build_dataset.py --out "$BUNDLE"; then
+  echo "warning: the bundle dataset could not be built (its first build needs the package index);" \
+    "the notebook still runs here, from .venv's detectron2 and kernel_lib" >&2
+fi
+
+echo "== 3/4 fold models -> $MODELS"
+if [ -n "$MODELS_SRC" ]; then
+  ln -s "$MODELS_SRC" "$MODELS"
+  echo "using your models: $MODELS_SRC"
+else
+  "$PY" -c "import sys; from kernel_lib.demo_models import make_demo_models; make_demo_models(sys.argv[1], n_folds=2)" "$MODELS"
+  echo "******************************************************************************************"
+  echo "* No MODELS_DIR given: made 2 DEMONSTRATION fold checkpoints with RANDOM WEIGHTS.        *"
+  echo "* They show that the whole path runs; their predictions are noise and score about 0.     *"
+  echo "* Pass your trained fold folders for real predictions: bash scripts/demo.sh runs/models  *"
+  echo "******************************************************************************************"
+fi
+
+echo "== 4/4 executing notebooks/sartorius-inference.ipynb offline on the CPU (a few minutes)"
+# Offline: pip may not reach any index, and the notebook sees only the demo tree.
+KAGGLE_INPUT=$INPUT KAGGLE_WORKING=$WORKING PIP_NO_INDEX=1 CUDA_VISIBLE_DEVICES="" \
+  "$PY" - notebooks/sartorius-inference.ipynb "$EXECUTED" "$WORKING" <<'EOF'
+import sys
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+source, executed, working = sys.argv[1:4]
+notebook = nbformat.read(source, as_version=4)
+try:
+    NotebookClient(notebook, timeout=None, kernel_name="python3", resources={"metadata": {"path": working}}).execute()
+except CellExecutionError as err:
+    nbformat.write(notebook, executed)
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    print("\n".join(lines[-6:]), file=sys.stderr)
+    print(f"error: the notebook stopped with the error above; the executed copy is {executed}", file=sys.stderr)
+    sys.exit(1)
+nbformat.write(notebook, executed)
+for cell in notebook.cells:  # echo what the notebook printed, without the progress bars
+    for output in cell.get("outputs", []):
+        if output.get("name") == "stdout":
+            print(output["text"], end="")
+EOF
+
+echo
+echo "timing table ($WORKING/timings.csv):"
+"$PY" -c "import sys, pandas as pd; print(pd.read_csv(sys.argv[1]).round(3).to_string(index=False))" "$WORKING/timings.csv"
+echo
+echo "done in $(($(date +%s) - start)) s"
+echo "  submission:         $WORKING/submission.csv"
+echo "  overlays:           $WORKING/overlays/"
+echo "  timing table:       $WORKING/timings.csv"
+echo "  executed notebook:  $EXECUTED"
+if [ -z "$MODELS_SRC" ]; then
+  echo "  (models: demonstration checkpoints with RANDOM weights; pass MODELS_DIR for real predictions)"
+fi

@@ -1,0 +1,120 @@
+"""The inference notebook, executed with nbclient against a local /kaggle-like tree.
+
+Two random-weight fold models (kernel_lib.demo_models), the three shipped test images
+and sample_submission.csv; the notebook's own cells install nothing (this .venv already
+has detectron2 and kernel_lib), run the pipeline once, validate the submission, write
+the timing table and draw the overlays.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import nbformat
+import pandas as pd
+import pytest
+
+from kernel_lib import IMAGE_SHAPE
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
+COMPETITION = "sartorius-cell-instance-segmentation"
+
+
+def code_cells() -> list[str]:
+    notebook = json.loads(NOTEBOOK.read_text())
+    return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def test_committed_notebook_is_generated_clean_and_thin() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_notebook.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr  # matches scripts/make_notebook.py
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+    cells = code_cells()
+    assert cells[0].startswith("# 1. Install") and "--no-index" in cells[0] and "--find-links" in cells[0]
+    assert cells[1].startswith("# 2. Parameters")
+    assert 'os.environ.get("KAGGLE_INPUT", "/kaggle/input")' in cells[1]
+    assert 'os.environ.get("KAGGLE_WORKING", "/kaggle/working")' in cells[1]
+    text = "\n".join(cells)
+    assert text.count("run_inference(") == 1  # the one library call
+    assert not re.search(r"^\s*(def|class) ", text, re.MULTILINE)  # no logic of its own
+
+
+@pytest.fixture
+def kaggle_tree(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """/kaggle/input (competition + two fold models) and /kaggle/working under tmp_path."""
+    if (
+        importlib.util.find_spec("kernel_lib.pipeline") is None
+        or importlib.util.find_spec("kernel_lib.demo_models") is None
+    ):
+        pytest.skip("kernel_lib.pipeline / kernel_lib.demo_models are not in this checkout yet")
+    from kernel_lib.demo_models import make_demo_models
+
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    competition = inputs / COMPETITION
+    (competition / "test").mkdir(parents=True)
+    for image in sorted((data_dir / "test").glob("*.png")):
+        shutil.copy(image, competition / "test" / image.name)
+    shutil.copy(data_dir / "sample_submission.csv", competition / "sample_submission.csv")
+    make_demo_models(inputs / "sartorius-fold-models", n_folds=2, min_size_test=320, max_size_test=448)
+    working.mkdir()
+    config = tmp_path / "config.json"  # quick on the CPU: one view, at most 100 detections per image
+    config.write_text(
+        json.dumps(
+            {
+                "ensemble": {"tta": ["identity"], "detections_per_image": 100},
+                "inference": {"device": "cpu", "batch_size": 3, "num_workers": 0},
+            }
+        )
+    )
+    monkeypatch.setenv("KAGGLE_INPUT", str(inputs))
+    monkeypatch.setenv("KAGGLE_WORKING", str(working))
+    monkeypatch.setenv("KERNEL_LIB_CONFIG", str(config))
+    return {"input": inputs, "working": working, "competition": competition}
+
+
+def test_notebook_runs_on_a_kaggle_like_tree_and_writes_a_valid_submission(kaggle_tree: dict[str, Path]) -> None:
+    from nbclient import NotebookClient
+
+    from kernel_lib.submission import validate_submission
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(kaggle_tree["working"])}}
+    ).execute()
+
+    working, competition = kaggle_tree["working"], kaggle_tree["competition"]
+    submission = working / "submission.csv"
+    sample = competition / "sample_submission.csv"
+    assert validate_submission(submission, sample=sample) == []
+    written = pd.read_csv(submission, keep_default_na=False)
+    assert set(written["id"]) == set(pd.read_csv(sample)["id"])
+
+    outputs = ["".join(o.get("text", "")) for cell in notebook.cells for o in cell.get("outputs", [])]
+    assert any("already importable: nothing to install" in text for text in outputs)
+    assert any(f"{submission} is valid" in text for text in outputs)
+
+    timings = pd.read_csv(working / "timings.csv")
+    assert list(timings.columns) == ["stage", "seconds", "per image (s)"]
+    assert len(timings) >= 1 and (timings["seconds"] >= 0).all()
+
+    overlays = sorted((working / "overlays").glob("*.png"))
+    assert [p.stem for p in overlays] == sorted(p.stem for p in (competition / "test").glob("*.png"))
+    for path in overlays:
+        picture = cv2.imread(str(path))
+        assert picture is not None and picture.shape == (*IMAGE_SHAPE, 3)
+    shown = [o for o in notebook.cells[-1].outputs if o.get("output_type") == "display_data"]
+    assert len(shown) == len(overlays) and all("image/png" in o["data"] for o in shown)
