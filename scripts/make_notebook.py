@@ -74,10 +74,6 @@ KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
 KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working"))
 COMPETITION = "sartorius-cell-instance-segmentation"
 MODELS_DATASET = "sartorius-fold-models"  # your model-weights dataset: one folder per fold model
-
-# Ensemble / TTA / post-processing configuration: a JSON file written by `python -m kernel_lib tune`
-# (sections may be partial), or None for the library's defaults. KERNEL_LIB_CONFIG overrides it.
-CONFIG_JSON = os.environ.get("KERNEL_LIB_CONFIG") or None
 N_OVERLAYS = 3  # predictions to draw
 
 TEST_DIR = KAGGLE_INPUT / COMPETITION / "test"
@@ -86,6 +82,12 @@ MODELS_DIR = KAGGLE_INPUT / MODELS_DATASET
 OUT_CSV = KAGGLE_WORKING / "submission.csv"
 TIMINGS_CSV = KAGGLE_WORKING / "timings.csv"
 OVERLAY_DIR = KAGGLE_WORKING / "overlays"
+
+# Ensemble / TTA / post-processing configuration (kernel_lib.Config): the JSON named by
+# KERNEL_LIB_CONFIG, else best_config.json (what `python -m kernel_lib tune` writes) when the
+# models dataset ships one, else None: the library's defaults. A JSON may set only some fields.
+TUNED = MODELS_DIR / "best_config.json"
+CONFIG_JSON = os.environ.get("KERNEL_LIB_CONFIG") or (TUNED if TUNED.is_file() else None)
 
 config = load_config(CONFIG_JSON)
 print(f"models: {MODELS_DIR}\\ntest images: {TEST_DIR}\\nconfig: {CONFIG_JSON or 'defaults'}")
