@@ -140,6 +140,9 @@ class TrainOptions:
         workers: data-loader processes per GPU.
         seed: random seed (numpy, torch, python; +rank per process).
         max_images: use at most this many training images (0: all); for smoke tests.
+        overrides: detectron2 config overrides applied last, ``(KEY, VALUE, KEY, VALUE,
+            ...)`` as detectron2's ``merge_from_list`` takes them, e.g.
+            ``("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128")``.
     """
 
     data_dir: str
@@ -169,6 +172,7 @@ class TrainOptions:
     workers: int = 2
     seed: int = 0
     max_images: int = 0
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.fold < 0:
@@ -190,6 +194,8 @@ class TrainOptions:
                 f"sizes: expected min_sizes >= 32 and max_size, test_size >= 0 (0 = keep), "
                 f"got {self.min_sizes}, {self.max_size}, {self.test_size}"
             )
+        if len(self.overrides) % 2:
+            raise ValueError(f"overrides: expected KEY VALUE pairs, got an odd number of items {self.overrides!r}")
         for name in ("eval_period", "checkpoint_period", "workers", "max_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -399,6 +405,11 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
     cfg.TEST.EVAL_PERIOD = opts.eval_period
     cfg.OUTPUT_DIR = str(opts.fold_dir)
     cfg.SEED = opts.seed
+    if opts.overrides:
+        try:
+            cfg.merge_from_list(list(opts.overrides))
+        except (KeyError, ValueError, AssertionError) as err:
+            raise ValueError(f"--set {' '.join(opts.overrides)}: {err}") from None
     return cfg
 
 
@@ -447,7 +458,8 @@ def score_models(models_dir: str | Path, data: TrainingData, config: Config | No
     models = load_models(models_dir, config)
     paths = [Path(record["file_name"]) for record in data.dicts]
     rows: list[tuple[str, str]] = []
-    for image_id, grey, instances in predict_instances(paths, models, config):
+    lowest = min(config.postprocess.score_threshold)  # below it post-processing drops boxes anyway
+    for image_id, grey, instances in predict_instances(paths, models, config, mask_min_score=lowest):
         kept = finalize(instances, grey.shape, config.postprocess)
         rles = rle_encode_crops(kept.masks) or [""]  # an image with no instance: one empty row
         rows.extend((image_id, rle) for rle in rles)

@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data-loader processes per GPU (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--max-images", type=int, default=0, help="train on at most N images (smoke tests)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY VALUE",
+        help="detectron2 config overrides, applied last, e.g. --set MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 128",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             max_images=args.max_images,
+            overrides=tuple(args.set),
         )
         result = rescore_fold(opts) if args.score_only else train_fold(opts)
         meta = result.meta

@@ -1,0 +1,332 @@
+"""kernel_lib.train and ``python -m kernel_lib train``: augmentation, mapper, a tiny CPU run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("detectron2")
+
+from detectron2.data import transforms as T  # noqa: E402
+
+from kernel_lib.__main__ import main  # noqa: E402
+from kernel_lib.config import CELL_TYPES, Config, EnsembleConfig  # noqa: E402
+from kernel_lib.data import load_dataset_dicts, record_masks  # noqa: E402
+from kernel_lib.folds import make_folds, write_folds  # noqa: E402
+from kernel_lib.train import (  # noqa: E402
+    AugmentSettings,
+    Rot90Transform,
+    SartoriusMapper,
+    TrainOptions,
+    build_augmentations,
+    build_config,
+    fold_split,
+)
+
+TINY = {"min_sizes": (96,), "max_size": 160, "test_size": 96}
+"""Input sizes of the CPU runs here: a 520x704 image becomes 96x130."""
+
+
+# ------------------------------------------------------------------------- rotations
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_rot90_moves_boxes_with_the_pixels(k: int) -> None:
+    h, w = 3, 5
+    mask = np.zeros((h, w), np.uint8)
+    mask[0, 3:5] = 1  # box x 3..5, y 0..1 (last pixel + 1)
+    t = Rot90Transform(h, w, k)
+    rotated = t.apply_segmentation(mask)
+    assert rotated.shape == ((w, h) if k % 2 else (h, w))
+    assert np.array_equal(rotated, np.rot90(mask, k))
+    ys, xs = np.nonzero(rotated)
+    box = t.apply_box(np.array([[3.0, 0.0, 5.0, 1.0]]))[0]
+    assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    # one quarter turn by hand: (x, y) -> (y, w - x); corners (3,0),(5,1) -> (0,2),(1,0)
+    if k == 1:
+        assert box.tolist() == [0.0, 0.0, 1.0, 2.0]
+    back = t.inverse()
+    assert np.array_equal(back.apply_segmentation(rotated), mask)
+    assert back.apply_box(box[None])[0].tolist() == [3.0, 0.0, 5.0, 1.0]
+
+
+def test_rot90_rotates_colour_images_as_a_whole() -> None:
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    out = Rot90Transform(2, 3, 1).apply_image(image)
+    assert out.shape == (3, 2, 3)
+    assert np.array_equal(out[..., 1], np.rot90(image[..., 1]))
+
+
+# ---------------------------------------------------------------------------- mapper
+
+
+def _options(tmp_path: Path, folds_csv: Path | str = "", **kw: object) -> TrainOptions:
+    return TrainOptions(data_dir="", folds_csv=str(folds_csv), fold=0, out_dir=str(tmp_path / "models"), **kw)
+
+
+def test_mapper_without_augmentation_gives_the_annotated_masks(data_dir: Path, tmp_path: Path) -> None:
+    data = load_dataset_dicts(data_dir, ["ea362f1a9844"])
+    (record,) = data.dicts
+    cfg = build_config(_options(tmp_path, min_sizes=(520,), max_size=704), "cpu")
+    none = AugmentSettings(hflip=False, vflip=False, rot90=False, brightness=(1, 1), contrast=(1, 1))
+    augs = build_augmentations(cfg, none)
+    assert len(augs) == 1  # the resize only, to 520: the identity here
+    out = SartoriusMapper(augs)(record)
+    assert tuple(out["image"].shape) == (3, 520, 704) and out["image"].dtype == torch.uint8
+    from kernel_lib.images import read_image
+
+    assert np.array_equal(out["image"][0].numpy(), read_image(record["file_name"]))
+    inst = out["instances"]
+    masks = record_masks(record).to_stack()
+    assert np.array_equal(inst.gt_masks.tensor.numpy(), masks)
+    assert inst.gt_classes.tolist() == [CELL_TYPES.index("cort")] * len(masks)
+    assert np.array_equal(inst.gt_boxes.tensor.numpy(), np.array([a["bbox"] for a in record["annotations"]]))
+    assert "annotations" in record  # the dataset's own dict is not consumed
+
+
+def test_mapper_with_augmentation_keeps_boxes_on_their_masks(data_dir: Path, tmp_path: Path) -> None:
+    data = load_dataset_dicts(data_dir, ["e9edcd9483e4"])
+    cfg = build_config(_options(tmp_path, min_sizes=(400, 520)), "cpu")
+    augs = build_augmentations(cfg, AugmentSettings(crop=256))
+    names = [type(a).__name__ for a in augs]
+    assert names == [
+        "ResizeShortestEdge",
+        "RandomCrop",
+        "RandomFlip",
+        "RandomFlip",
+        "RandomRot90",
+        "RandomBrightness",
+        "RandomContrast",
+    ]
+    mapper = SartoriusMapper(augs)
+    np.random.seed(0)
+    for _ in range(4):
+        out = mapper(data.dicts[0])
+        assert tuple(out["image"].shape[1:]) == (256, 256)
+        inst = out["instances"]
+        assert len(inst) > 0
+        boxes = inst.gt_masks.get_bounding_boxes().tensor
+        assert torch.equal(boxes, inst.gt_boxes.tensor)
+
+
+def test_transforms_are_detectron2_ones() -> None:
+    cfg = build_config(TrainOptions("", "", 0, "out"), "cpu")
+    augs = build_augmentations(cfg, AugmentSettings())
+    assert isinstance(augs[0], T.ResizeShortestEdge)
+    assert sum(isinstance(a, T.RandomFlip) for a in augs) == 2
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_from_scratch_and_from_local_weights(tmp_path: Path) -> None:
+    cfg = build_config(_options(tmp_path, iters=100, batch=4), "cpu")
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.NORM == "GN"
+    assert cfg.TEST.DETECTIONS_PER_IMAGE == 1000 and cfg.INPUT.MASK_FORMAT == "bitmask"
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
+    base_lr = cfg.SOLVER.BASE_LR
+    assert base_lr == pytest.approx(0.02 * 4 / 16)
+    assert cfg.SOLVER.STEPS == (70, 90) and cfg.SOLVER.MAX_ITER == 100
+    assert not cfg.SOLVER.AMP.ENABLED  # the CPU: no mixed precision
+    weights = tmp_path / "init.pth"
+    weights.write_bytes(b"")
+    cfg = build_config(_options(tmp_path, init_weights=str(weights)), "cuda")
+    start = cfg.MODEL.WEIGHTS
+    assert start == str(weights.resolve()) and cfg.MODEL.RESNETS.NORM == "FrozenBN"
+    assert cfg.SOLVER.AMP.ENABLED
+    with pytest.raises(ValueError, match="local"):
+        build_config(_options(tmp_path, init_weights="https://example.com/model.pkl"), "cpu")
+    with pytest.raises(ValueError, match="model-zoo"):
+        build_config(_options(tmp_path, base_config="no/such.yaml"), "cpu")
+    cfg = build_config(_options(tmp_path, base_config="Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml"), "cpu")
+    assert cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads" and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
+
+
+def test_bad_options_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="multiple of num_gpus"):
+        _options(tmp_path, batch=3, num_gpus=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            _options(tmp_path, device="cuda").resolved_device()
+    with pytest.raises(ValueError, match="need --device cuda"):
+        _options(tmp_path, device="cpu", num_gpus=2, batch=2).resolved_device()
+    folds = tmp_path / "folds.csv"
+    pd.DataFrame({"id": ["a", "b"], "cell_type": ["cort", "cort"], "fold": [0, 1]}).to_csv(folds, index=False)
+    assert fold_split(folds, 1).train_ids == ("a",)
+    with pytest.raises(ValueError, match="fold 2 is not in"):
+        fold_split(folds, 2)
+
+
+# ------------------------------------------------------------------------ a tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """Two iterations on two images of the shipped sample, held-out = one image."""
+    root = tmp_path_factory.mktemp("train")
+    folds = make_folds(data_dir / "train.csv", n_folds=2, seed=0)
+    keep = ["ea362f1a9844", "b50a98297c83", "caa06f9a4057"]  # two cort to train on, one astro held out
+    folds = folds[folds["id"].isin(keep)].copy()
+    folds["fold"] = (folds["id"] == "caa06f9a4057").astype(int)
+    write_folds(folds, root / "folds.csv")
+    config = Config(ensemble=EnsembleConfig(tta=("identity",), detections_per_image=50))
+    config.to_json(root / "eval.json")
+    code = main(
+        [
+            "train", "--data", str(data_dir), "--folds", str(root / "folds.csv"), "--fold", "1",
+            "--out", str(root / "models"), "--iters", "2", "--batch", "2", "--device", "cpu",
+            "--min-sizes", "96", "--max-size", "160", "--test-size", "96", "--workers", "0",
+            "--eval-config", str(root / "eval.json"),
+            "--set", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return root
+
+
+def test_tiny_run_leaves_the_layout_predict_reads(tiny_run: Path, data_dir: Path) -> None:
+    fold = tiny_run / "models" / "fold1"
+    assert {p.name for p in fold.iterdir()} >= {"config.yaml", "model_final.pth", "meta.json", "metrics.json"}
+    assert not list(fold.glob("model_0*.pth")) and not (fold / "last_checkpoint").exists()
+    meta = json.loads((fold / "meta.json").read_text())
+    assert meta["fold"] == 1 and meta["iters"] == 2 and meta["from_scratch"] is True
+    assert meta["train_images"] == 2 and meta["heldout_ids"] == ["caa06f9a4057"]
+    assert 0.0 <= meta["heldout_score"] <= 1.0 and set(meta["heldout_per_cell_type"]) == {"astro"}
+    assert meta["heldout_eval"]["tta"] == ["identity"]
+    log = [json.loads(line) for line in (fold / "metrics.json").read_text().splitlines()]
+    assert log[-1]["iteration"] == 1 and np.isfinite(log[-1]["total_loss"])
+    scores = pd.read_csv(fold / "heldout_scores.csv")
+    assert scores["id"].tolist() == ["caa06f9a4057"]
+    assert scores["score"].iloc[0] == pytest.approx(meta["heldout_score"])
+    state = torch.load(fold / "model_final.pth", map_location="cpu", weights_only=True)
+    assert set(state) == {"model"}
+
+
+def test_tiny_run_loads_in_the_pipeline_and_predicts(tiny_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    pipeline = pytest.importorskip("kernel_lib.pipeline")
+    from kernel_lib.submission import validate_submission
+
+    config = Config(ensemble=EnsembleConfig(tta=("identity",), detections_per_image=50))
+    models = pipeline.load_models(tiny_run / "models", config)
+    assert len(models) == 1
+    test_dir = tmp_path / "test"
+    test_dir.mkdir()
+    shutil.copy(data_dir / "test" / "7ae19de7bc2a.png", test_dir)
+    result = pipeline.run_inference(test_dir, tiny_run / "models", tmp_path / "submission.csv", config)
+    assert result.n_images == 1
+    assert validate_submission(result.submission) == []
+
+
+def test_existing_fold_folder_is_not_overwritten(
+    tiny_run: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(data_dir), "--folds", str(tiny_run / "folds.csv"), "--fold", "1"]
+    code = main([*args, "--out", str(tiny_run / "models"), "--device", "cpu"])
+    assert code == 2
+    assert "already holds a trained model" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_mixed_precision_run(data_dir: Path, tmp_path: Path) -> None:
+    folds = make_folds(data_dir / "train.csv", n_folds=2, seed=0)
+    write_folds(folds, tmp_path / "folds.csv")
+    code = main(
+        [
+            "train", "--data", str(data_dir), "--folds", str(tmp_path / "folds.csv"), "--fold", "0",
+            "--out", str(tmp_path / "models"), "--iters", "2", "--device", "cuda", "--min-sizes", "256",
+            "--test-size", "256", "--no-heldout", "--workers", "0",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    meta = json.loads((tmp_path / "models" / "fold0" / "meta.json").read_text())
+    assert meta["amp"] is True and meta["device"] == "cuda"
+
+
+# -------------------------------------------------------------------------- notebook
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "sartorius-train.ipynb"
+COMPETITION = "sartorius-cell-instance-segmentation"
+
+
+def _code_cells(path: Path) -> list[str]:
+    import nbformat
+
+    return [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_training_notebook_is_generated_clean_and_thin() -> None:
+    import subprocess
+    import sys
+
+    import nbformat
+
+    script = NOTEBOOK.parents[1] / "scripts" / "make_train_notebook.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(notebook)
+    assert all(c.outputs == [] and c.execution_count is None for c in notebook.cells if c.cell_type == "code")
+    cells = _code_cells(NOTEBOOK)
+    inference = NOTEBOOK.parent / "sartorius-inference.ipynb"
+    if inference.is_file():
+        assert cells[0] == _code_cells(inference)[0]  # the same offline install cell
+    assert 'os.environ.get("KAGGLE_INPUT", "/kaggle/input")' in cells[1]
+    assert 'os.environ.get("KAGGLE_WORKING", "/kaggle/working")' in cells[1]
+    text = "\n".join(cells)
+    assert '"train", "--data"' in text and '"folds", "--truth"' in text
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_on_a_kaggle_like_tree(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells 1-5 on the shipped sample: folds written, fold 0 trained (2 iterations), a
+    model folder the pipeline loads, models.json and dataset-metadata.json beside it."""
+    from nbclient import NotebookClient
+
+    pipeline = pytest.importorskip("kernel_lib.pipeline")
+    import nbformat
+
+    competition = tmp_path / "input" / COMPETITION
+    competition.mkdir(parents=True)
+    shutil.copytree(data_dir / "train", competition / "train")
+    shutil.copy(data_dir / "train.csv", competition / "train.csv")
+    working = tmp_path / "working"
+    working.mkdir()
+    eval_config = tmp_path / "eval.json"
+    Config(ensemble=EnsembleConfig(tta=("identity",), detections_per_image=50)).to_json(eval_config)
+    tiny = "--min-sizes 96 --max-size 160 --test-size 96 --workers 0 --set MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32"
+    for name, value in {
+        "KAGGLE_INPUT": str(tmp_path / "input"),
+        "KAGGLE_WORKING": str(working),
+        "TRAIN_FOLDS": "0",
+        "TRAIN_ITERS": "2",
+        "TRAIN_BATCH": "2",
+        "TRAIN_EXTRA_ARGS": f"{tiny} --eval-config {eval_config}",
+    }.items():
+        monkeypatch.setenv(name, value)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(working)}}
+    ).execute()
+
+    folds = pd.read_csv(working / "folds.csv")
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    models = working / "models"
+    assert [p.name for p in models.iterdir() if p.is_dir()] == ["fold0"]
+    meta = json.loads((models / "fold0" / "meta.json").read_text())
+    assert meta["fold"] == 0 and meta["iters"] == 2
+    assert sorted(meta["heldout_ids"]) == sorted(folds.loc[folds["fold"] == 0, "id"])
+    assert json.loads((models / "models.json").read_text()) == {"models": [{"name": "fold0", "weight": 1.0}]}
+    assert json.loads((models / "dataset-metadata.json").read_text())["id"].endswith("/sartorius-fold-models")
+    summary = pd.read_csv(working / "heldout_scores.csv")
+    assert summary["held-out score"].iloc[0] == pytest.approx(meta["heldout_score"])
+    (loaded,) = pipeline.load_models(models, Config(ensemble=EnsembleConfig(detections_per_image=50)))
+    assert loaded.fold == 0
