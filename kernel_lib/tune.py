@@ -464,25 +464,37 @@ def _greedy(
 def _counts(
     table: InstanceTable, kept: np.ndarray, remainder: np.ndarray, inter: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n_images, 10) TP, FP, FN. Only pairs with IoU > the lowest threshold can match,
+    so counts are taken over those few pairs: FN = truths - truths matched at least
+    once, FP = kept - predictions matched at least once."""
     live = kept[table.pair_inst] & (inter > 0)
     pi, pt, it = table.pair_inst[live], table.pair_truth[live], inter[live]
     iou = it / (remainder[pi] + table.truth_area[pt] - it)
-    match = iou[:, None] > _THRESHOLDS[None, :]  # (P, 10)
-    k = np.arange(N_THRESHOLDS)
-    n_truth, n_inst, n_img = len(table.truth_area), len(kept), table.n_images
-    truth_hits = np.bincount((pt[:, None] * N_THRESHOLDS + k)[match], minlength=n_truth * N_THRESHOLDS)
-    pred_hits = np.bincount((pi[:, None] * N_THRESHOLDS + k)[match], minlength=n_inst * N_THRESHOLDS)
-    truth_hits = truth_hits.reshape(n_truth, N_THRESHOLDS)
-    pred_hits = pred_hits.reshape(n_inst, N_THRESHOLDS)
+    near = iou > _THRESHOLDS[0]
+    pi, pt, iou = pi[near], pt[near], iou[near]
+    match = iou[:, None] > _THRESHOLDS[None, :]  # (M, 10)
+    n_img = table.n_images
 
-    def per_image(owner: np.ndarray, flags: np.ndarray) -> np.ndarray:
-        idx = (owner[:, None] * N_THRESHOLDS + k)[flags]
-        return np.bincount(idx, minlength=n_img * N_THRESHOLDS).reshape(n_img, N_THRESHOLDS)
+    def hits(owner: np.ndarray, owner_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image and threshold: owners matched exactly once, and at least once."""
+        ids, local = np.unique(owner, return_inverse=True)
+        counts = _per_image(local, match, len(ids))
+        image = owner_image[ids]
+        once = _per_image(image, counts == 1, n_img)
+        some = _per_image(image, counts >= 1, n_img)
+        return once, some
 
-    tp = per_image(table.truth_image, truth_hits == 1)
-    fn = per_image(table.truth_image, truth_hits == 0)
-    fp = per_image(table.inst_image, kept[:, None] & (pred_hits == 0))
-    return tp.astype(np.int64), fp.astype(np.int64), fn.astype(np.int64)
+    tp, truth_some = hits(pt, table.truth_image)
+    _, pred_some = hits(pi, table.inst_image)
+    n_truth = np.bincount(table.truth_image, minlength=n_img)[:, None]
+    n_kept = np.bincount(table.inst_image[kept], minlength=n_img)[:, None]
+    return tp, (n_kept - pred_some).astype(np.int64), (n_truth - truth_some).astype(np.int64)
+
+
+def _per_image(image: np.ndarray, flags: np.ndarray, n_img: int) -> np.ndarray:
+    """(n_img, 10) count of rows with ``flags[row, k]`` per ``image[row]`` (any grouping)."""
+    idx = (image[:, None] * N_THRESHOLDS + np.arange(N_THRESHOLDS))[flags]
+    return np.bincount(idx, minlength=n_img * N_THRESHOLDS).reshape(n_img, N_THRESHOLDS).astype(np.int64)
 
 
 def _precision(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:

@@ -250,3 +250,24 @@ def test_tune_command_on_a_cache(tmp_path: Path, data_dir: Path, capsys: pytest.
 
     assert main(["tune", "--truth", str(truth), "--cache", str(tmp_path / "empty")]) == 2
     assert main([*args, "--trials", "0"]) == 2
+
+
+def test_equals_reference_on_dense_pack_images(mini_dir: Path) -> None:
+    # the two most crowded images of each cell type in the larger pack
+    df = pd.read_csv(mini_dir / "train.csv")
+    counts = df.groupby(["cell_type", "id"]).size().sort_values(ascending=False)
+    ids = [i for t in CELL_TYPES for i in counts[t].index[:2]]
+    images = []
+    for k, image_id in enumerate(ids):
+        rows = df[df["id"] == image_id]
+        truth = rle_decode_crops(rows["annotation"].tolist())
+        masks, scores, classes = simulate_instances(truth, CELL_TYPES.index(rows["cell_type"].iloc[0]), seed=k)
+        images.append(TuneImage(image_id, masks, scores, classes, truth))
+    assert max(len(img.masks) for img in images) > 700  # a dense shsy5y image is among them
+    table = InstanceTable.build(images)
+    for pp in (PostprocessConfig(), PostprocessConfig(min_kept_fraction=(0.6, 0.8, 0.4), min_area=(20, 60, 40))):
+        out = score_config(table, pp)
+        ref_keep, ref_precision = _reference(images, pp)
+        for mine, ref in zip(_kept_indices(table, images, out.kept), ref_keep):
+            np.testing.assert_array_equal(mine, ref)
+        np.testing.assert_array_equal(out.precision, ref_precision)

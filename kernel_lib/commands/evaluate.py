@@ -31,9 +31,9 @@ def print_report(report: ScoreReport, title: str) -> None:
     for cell_type, score in report.per_cell_type.items():
         n = int((per_image["cell_type"] == cell_type).sum())
         print(f"  {cell_type:<8} {score:.4f}  ({n} image(s))")
-    print("per IoU threshold:")
-    print("  " + "  ".join(f"{t:.2f}" for t in report.per_threshold))
-    print("  " + "  ".join(f"{v:.3f}"[1:] if 0 <= v < 1 else f"{v:.2f}" for v in report.per_threshold.values()))
+    print("per IoU threshold (mean precision):")
+    print("  IoU > " + " ".join(f"{t:>5.2f}" for t in report.per_threshold))
+    print("        " + " ".join(f"{v:>5.3f}" for v in report.per_threshold.values()))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from tqdm.auto import tqdm
+
 from kernel_lib.config import load_config
+from kernel_lib.evaluate import read_manifest
+from kernel_lib.tune import InstanceTable, Setting, images_from_cache, tune_postprocess
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,20 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history", help="also write every setting tried and its score to this CSV")
 
 
-def _fmt(setting: object) -> str:
-    s = setting
-    return f"score>={s.score_threshold:g} area>={s.min_area:g} kept>={s.min_kept_fraction:g}"  # type: ignore[attr-defined]
+def _fmt(s: Setting) -> str:
+    return f"score>={s.score_threshold:g} area>={s.min_area:g} kept>={s.min_kept_fraction:g}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from kernel_lib.tune import InstanceTable, images_from_cache, tune_postprocess
-
     given = load_config(args.config) if args.config else None
     if args.trials < 1:
         raise ValueError(f"--trials: expected at least 1, got {args.trials}")
-    from kernel_lib.evaluate import read_manifest
 
     _, used = read_manifest(args.cache)
     base = given or used
