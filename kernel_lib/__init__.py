@@ -147,3 +147,29 @@ __all__ += [
     "write_folds",
     "write_report",
 ]
+
+# --- training: dataset dicts, fold training (issue 7) ---
+# kernel_lib.data needs pycocotools and kernel_lib.train torch + detectron2: imported on first use
+_LAZY.update(
+    {
+        "AnnotationProblem": "kernel_lib.data",
+        "TrainingData": "kernel_lib.data",
+        "load_dataset_dicts": "kernel_lib.data",
+        "AugmentSettings": "kernel_lib.train",
+        "TrainOptions": "kernel_lib.train",
+        "rescore_fold": "kernel_lib.train",
+        "score_models": "kernel_lib.train",
+        "train_fold": "kernel_lib.train",
+    }
+)
+__all__ += [
+    "AnnotationProblem",
+    "AugmentSettings",
+    "TrainOptions",
+    "TrainingData",
+    "load_dataset_dicts",
+    "rescore_fold",
+    "score_models",
+    "train_fold",
+]
+# --- end training (issue 7) ---
