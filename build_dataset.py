@@ -600,6 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BuildError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a folder that cannot be written, a full disk, ...
+        print(f"error: {err}; check the paths given to --out and --wheels", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
