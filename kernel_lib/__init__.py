@@ -35,8 +35,9 @@ from kernel_lib.submission import Problem, validate_submission, write_submission
 # --- end core (issue 3) ---
 
 # --- evaluation: folds, out-of-fold evaluation, tuning, report (issue 6) ---
+# (the function kernel_lib.evaluate.evaluate is not re-exported: the name would hide the module)
 # isort: split
-from kernel_lib.evaluate import Evaluation, evaluate, evaluate_cache, read_truth
+from kernel_lib.evaluate import Evaluation, evaluate_cache, read_truth
 from kernel_lib.folds import make_folds, read_folds, write_folds
 from kernel_lib.report import write_report
 from kernel_lib.tune import InstanceTable, TuneImage, TuneResult, images_from_cache, tune_postprocess
@@ -137,7 +138,6 @@ __all__ += [
     "InstanceTable",
     "TuneImage",
     "TuneResult",
-    "evaluate",
     "evaluate_cache",
     "images_from_cache",
     "make_folds",

@@ -51,7 +51,7 @@ MANIFEST = "manifest.json"
 # --------------------------------------------------------------------------- truth
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Truth:
     """One annotated image: its instances (may overlap) and cell type name."""
 
@@ -331,7 +331,7 @@ def load_cached(entries: Sequence[CacheEntry]) -> dict[str, SoftInstances]:
 # ----------------------------------------------------------------------- evaluation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Evaluation:
     """An evaluation's outcome.
 

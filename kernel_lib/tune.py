@@ -63,7 +63,7 @@ def _image_cell_type(classes: np.ndarray) -> int:
     return int(image_cell_type(np.asarray(classes, np.int64)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TuneImage:
     """One image's fused instances (pasted, before post-processing) and its truth.
 
@@ -102,7 +102,7 @@ class TuneImage:
             object.__setattr__(self, "cell_type", _image_cell_type(classes))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class InstanceTable:
     """Precomputed arrays for a set of images (all instances concatenated).
 
@@ -344,7 +344,7 @@ def _build_one(img: TuneImage) -> dict[str, np.ndarray]:
     }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _View:
     """Shared entries restricted to a candidate set (instances that can be kept):
     only cells that two or more candidates cover can lose pixels."""
@@ -376,7 +376,7 @@ class _View:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Outcome:
     """Post-processing outcome of a setting on a table.
 
