@@ -104,25 +104,27 @@ class SoftInstances:
 
     @classmethod
     def concatenate(cls, parts: Sequence[SoftInstances]) -> SoftInstances:
-        """All instances of ``parts`` (same frame and mask size) in order.
+        """All instances of ``parts`` (same frame and mask size) in order. Empty parts
+        may have any mask size.
 
         Raises:
-            ValueError: no part, or parts of different frames or mask sizes.
+            ValueError: no part, or parts of different frames or (non-empty) mask sizes.
         """
         if not parts:
             raise ValueError("SoftInstances.concatenate: expected at least one part, got none")
-        shape, size = parts[0].shape, parts[0].mask_size
+        filled = [p for p in parts if len(p)] or [parts[0]]
+        shape, size = filled[0].shape, filled[0].mask_size
         for part in parts:
-            if part.shape != shape or part.mask_size != size:
+            if part.shape != shape or (len(part) and part.mask_size != size):
                 raise ValueError(
                     f"SoftInstances.concatenate: parts differ: frame {part.shape} mask {part.mask_size} "
                     f"vs frame {shape} mask {size}"
                 )
         return cls(
-            np.concatenate([p.boxes for p in parts]),
-            np.concatenate([p.scores for p in parts]),
-            np.concatenate([p.classes for p in parts]),
-            np.concatenate([p.masks for p in parts]),
+            np.concatenate([p.boxes for p in filled]),
+            np.concatenate([p.scores for p in filled]),
+            np.concatenate([p.classes for p in filled]),
+            np.concatenate([p.masks for p in filled]),
             shape,
         )
 

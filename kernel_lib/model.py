@@ -178,13 +178,15 @@ def _fold_of(name: str, meta: dict[str, Any]) -> int | None:
 
 def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # detectron2 training checkpoints may hold optimizer/scheduler objects; these
-        # are the user's own files, as with detectron2's own Checkpointer.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # detectron2 training checkpoints may hold optimizer/scheduler objects; these
+            # are the user's own files, read as detectron2's own Checkpointer reads them.
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise ValueError(f"model {name}: {path} could not be read as a torch checkpoint ({err})") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model {name}: {path} could not be read as a torch checkpoint ({reason})") from None
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"model {name}: {path} holds no state dict (expected {{'model': state_dict}} or a state dict)")

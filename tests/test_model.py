@@ -1,0 +1,244 @@
+"""Fold-model loading and batched multi-view inference (torch, CPU; CUDA parts skip)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernel_lib.config import EnsembleConfig, InferenceConfig
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("detectron2")
+
+from kernel_lib.demo_models import make_demo_models  # noqa: E402
+from kernel_lib.model import (  # noqa: E402
+    EnsemblePredictor,
+    ImageDataset,
+    load_fold_model,
+    load_models,
+    predict,
+    read_manifest,
+)
+from kernel_lib.tta import View  # noqa: E402
+
+MIN_SIZE, MAX_SIZE, DETECTIONS = 160, 220, 30
+CPU = InferenceConfig(device="cpu", batch_size=2, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three tiny folds of different architectures: R50-style, Cascade, X101-style (grouped)."""
+    out = tmp_path_factory.mktemp("mixed")
+    make_demo_models(
+        out,
+        n_folds=3,
+        archs=["R50", "cascade", "X101"],
+        seed=5,
+        min_size_test=MIN_SIZE,
+        max_size_test=MAX_SIZE,
+        tiny=True,
+    )
+    return out
+
+
+def _ensemble(method: str = "roi", tta: tuple[str, ...] = ("identity", "hflip")) -> EnsembleConfig:
+    return EnsembleConfig(method=method, tta=tta, detections_per_image=DETECTIONS)
+
+
+def _test_images(data_dir: Path, n: int) -> list[Path]:
+    return sorted((data_dir / "test").glob("*.png"))[:n]
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_load_mixed_architectures(mixed_dir: Path) -> None:
+    models = load_models(mixed_dir, _ensemble(), CPU)
+    assert [m.name for m in models] == ["fold0", "fold1", "fold2"]
+    assert [m.fold for m in models] == [0, 1, 2]
+    heads = [m.cfg.MODEL.ROI_HEADS.NAME for m in models]
+    assert heads == ["StandardROIHeads", "CascadeROIHeads", "StandardROIHeads"]
+    assert models[2].cfg.MODEL.RESNETS.NUM_GROUPS > 1
+    for m in models:
+        assert not m.model.training
+        assert m.min_size == MIN_SIZE and m.max_size == MAX_SIZE
+        # the ensemble config replaces the checkpoint's own test thresholds
+        assert m.cfg.TEST.DETECTIONS_PER_IMAGE == DETECTIONS
+        assert _ensemble().candidate_score == m.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+
+
+def test_loaded_weights_are_the_saved_ones(mixed_dir: Path) -> None:
+    saved = torch.load(mixed_dir / "fold1" / "model_final.pth", weights_only=True)["model"]
+    loaded = load_models(mixed_dir, _ensemble(), CPU)[1].model.state_dict()
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def test_manifest_weights_and_names(mixed_dir: Path, tmp_path: Path) -> None:
+    for name in ("fold0", "fold2"):
+        shutil.copytree(mixed_dir / name, tmp_path / f"m_{name}")
+    (tmp_path / "m_fold0" / "meta.json").unlink()  # fold from the name then
+    (tmp_path / "models.json").write_text(
+        json.dumps({"models": [{"name": "m_fold2", "weight": 2.0}, {"name": "m_fold0"}]})
+    )
+    assert read_manifest(tmp_path) == [("m_fold2", 2.0), ("m_fold0", 1.0)]
+    models = load_models(tmp_path, _ensemble(), CPU)
+    assert [(m.name, m.fold, m.weight) for m in models] == [("m_fold2", 2, 2.0), ("m_fold0", 0, 1.0)]
+
+
+def test_clear_errors_name_the_model(mixed_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(ValueError, match="holds no model sub-folder"):
+        read_manifest(tmp_path)
+    ens = _ensemble()
+    device = torch.device("cpu")
+    # missing weights
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    shutil.copy(mixed_dir / "fold0" / "config.yaml", broken / "config.yaml")
+    with pytest.raises(ValueError, match=r"model broken: .*model_final\.pth is missing"):
+        load_fold_model(broken, 1.0, device, ens)
+    # weights of another architecture (cascade) under an R50 config
+    shutil.copy(mixed_dir / "fold1" / "model_final.pth", broken / "model_final.pth")
+    with pytest.raises(ValueError, match=r"model broken: .* does not match its config\.yaml \(.*unexpected"):
+        load_fold_model(broken, 1.0, device, ens)
+    # a checkpoint that is not one
+    (broken / "model_final.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"model broken: .*could not be read"):
+        load_fold_model(broken, 1.0, device, ens)
+    # a config with another number of classes
+    text = (mixed_dir / "fold0" / "config.yaml").read_text().replace("NUM_CLASSES: 3", "NUM_CLASSES: 5")
+    (broken / "config.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"model broken: .*NUM_CLASSES=5, expected 3"):
+        load_fold_model(broken, 1.0, device, ens)
+    # a manifest naming a model that is not there
+    (tmp_path / "models.json").write_text(json.dumps({"models": [{"name": "fold9"}]}))
+    with pytest.raises(ValueError, match="model fold9"):
+        load_models(tmp_path, ens, CPU)
+    (tmp_path / "models.json").write_text(json.dumps({"models": [{"name": "broken", "weight": 0}]}))
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        read_manifest(tmp_path)
+
+
+# ------------------------------------------------------------------ flips at the RoI level
+
+
+def test_mask_pooler_maps_flipped_boxes_back_exactly(mixed_dir: Path) -> None:
+    """The model's own RoIAlign (aligned, ROIAlignV2) on flipped features with boxes
+    flipped by View equals the flipped pooling of the original: no half-pixel shift.
+    The naive pixel-index flip (x -> W - 1 - x) is off, which this test would catch."""
+    from detectron2.structures import Boxes
+
+    fm = load_models(mixed_dir, _ensemble(), CPU)[0]
+    pooler = fm.model.roi_heads.mask_pooler
+    height, width = 128, 256  # multiples of the largest stride, so each level is exact
+    strides = [round(1 / p.spatial_scale) for p in pooler.level_poolers]
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(1, 4, height // s, width // s, generator=gen) for s in strides]
+    boxes = torch.tensor([[10.3, 7.1, 40.8, 30.2], [100.0, 20.5, 220.7, 120.0], [3.0, 60.0, 18.5, 71.0]])
+    view = View("hvflip", 1.0, (height, width), (height, width))
+    plain = pooler(feats, [Boxes(boxes)])
+    flipped = pooler([f.flip(-1).flip(-2) for f in feats], [Boxes(view.apply_boxes(boxes))])
+    torch.testing.assert_close(view.invert_roi_masks(flipped), plain, atol=1e-5, rtol=1e-5)
+    naive = boxes.clone()
+    naive[:, [0, 2]] = width - 1 - boxes[:, [2, 0]]
+    naive[:, [1, 3]] = height - 1 - boxes[:, [3, 1]]
+    wrong = pooler([f.flip(-1).flip(-2) for f in feats], [Boxes(naive)])
+    assert (view.invert_roi_masks(wrong) - plain).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------ inference
+
+
+def test_dataset_prepares_every_view_per_geometry(mixed_dir: Path, data_dir: Path) -> None:
+    ens = _ensemble(tta=("identity", "hflip", "vflip"))
+    dataset = ImageDataset(_test_images(data_dir, 1), [(MIN_SIZE, MAX_SIZE), (MIN_SIZE, MAX_SIZE), (96, 200)], ens)
+    item = dataset[0]
+    assert item["grey"].shape == (520, 704)
+    assert sorted(item["inputs"]) == [(96, 200), (MIN_SIZE, MAX_SIZE)]
+    views = item["inputs"][(MIN_SIZE, MAX_SIZE)]
+    assert len(views) == 3 and views[0].shape == (3, MIN_SIZE, 217) and views[0].dtype == torch.uint8
+    torch.testing.assert_close(views[1], views[0].flip(-1))
+    torch.testing.assert_close(views[2], views[0].flip(-2))
+
+
+def test_roi_ensemble_of_mixed_models(mixed_dir: Path, data_dir: Path) -> None:
+    models = load_models(mixed_dir, _ensemble(), CPU)
+    paths = _test_images(data_dir, 2)
+    outs = list(predict(paths, models, _ensemble(), CPU, progress=False))
+    assert [o[0] for o in outs] == [p.stem for p in paths]
+    for _, grey, out in outs:
+        inst = out.fused
+        assert inst is not None and out.views == []
+        assert inst.shape == grey.shape == (520, 704)
+        assert 0 < len(inst) <= DETECTIONS
+        assert inst.masks.shape == (len(inst), 28, 28)
+        assert inst.masks.max() <= 1 and inst.masks.min() >= 0 and inst.masks.max() > 0
+        assert set(inst.classes.tolist()) <= {0, 1, 2}
+
+
+def test_instance_level_methods_return_every_view(mixed_dir: Path, data_dir: Path) -> None:
+    models = load_models(mixed_dir, _ensemble(), CPU)[:2]
+    ens = _ensemble("wmf", tta=("identity", "vflip"))
+    ((_, _, out),) = list(predict(_test_images(data_dir, 1), models, ens, CPU, progress=False))
+    assert out.fused is None
+    assert out.names == ["fold0/identity", "fold0/vflip", "fold1/identity", "fold1/vflip"]
+    assert out.weights == [1.0] * 4
+    for inst in out.views:
+        assert inst.shape == (520, 704) and len(inst) <= DETECTIONS
+        assert (inst.boxes[:, 2] <= 704).all() and (inst.boxes[:, 3] <= 520).all()
+
+
+def test_batching_and_workers_do_not_change_results(mixed_dir: Path, data_dir: Path) -> None:
+    models = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    ens = _ensemble(tta=("identity",))
+    paths = _test_images(data_dir, 2)
+    one = list(predict(paths, models, ens, InferenceConfig(device="cpu", batch_size=1, num_workers=0), progress=False))
+    two = list(predict(paths, models, ens, InferenceConfig(device="cpu", batch_size=2, num_workers=1), progress=False))
+    for (id_a, _, a), (id_b, _, b) in zip(one, two):
+        assert id_a == id_b
+        assert len(a.fused) == len(b.fused)
+        np.testing.assert_allclose(a.fused.boxes, b.fused.boxes, atol=1e-2)
+        np.testing.assert_allclose(a.fused.masks, b.fused.masks, atol=1e-3)
+
+
+def test_a_view_that_is_the_identity_twice_equals_one_view(mixed_dir: Path, data_dir: Path) -> None:
+    """RoI fusion of one model over views that map back exactly gives the single view's
+    masks: here the same model listed twice (weights 1 and 3) averages to itself."""
+    models = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    twin = models[0].to(torch.device("cpu"))
+    twin.weight = 3.0
+    ens = _ensemble(tta=("identity",))
+    item = ImageDataset(_test_images(data_dir, 1), [(MIN_SIZE, MAX_SIZE)], ens)[0]
+    (single,) = EnsemblePredictor(models, ens, CPU).predict_batch([item])
+    (double,) = EnsemblePredictor([models[0], twin], ens, CPU).predict_batch([item])
+    np.testing.assert_allclose(double.fused.boxes, single.fused.boxes, atol=1e-4)
+    np.testing.assert_allclose(double.fused.masks, single.fused.masks, atol=1e-5)
+
+
+def test_full_size_r50_checkpoint_runs(data_dir: Path, tmp_path: Path) -> None:
+    """The real (not shrunk) R50-FPN Mask R-CNN config: save, load strictly, predict."""
+    make_demo_models(tmp_path, n_folds=1, arch="R50", min_size_test=128, max_size_test=180)
+    models = load_models(tmp_path, _ensemble(), CPU)
+    assert models[0].cfg.MODEL.RESNETS.DEPTH == 50 and models[0].cfg.MODEL.FPN.OUT_CHANNELS == 256
+    ((_, _, out),) = list(predict(_test_images(data_dir, 1), models, _ensemble(tta=("identity",)), CPU, progress=False))
+    assert out.fused.masks.shape[1:] == (28, 28)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_half_matches_cpu(mixed_dir: Path, data_dir: Path) -> None:
+    ens = _ensemble(tta=("identity", "hflip"))
+    paths = _test_images(data_dir, 2)
+    cpu = list(predict(paths, load_models(mixed_dir, ens, CPU), ens, CPU, progress=False))
+    gpu_cfg = InferenceConfig(device="cuda", half=True, batch_size=2, num_workers=1)
+    gpu = list(predict(paths, load_models(mixed_dir, ens, gpu_cfg), ens, gpu_cfg, progress=False))
+    for (_, _, a), (_, _, b) in zip(cpu, gpu):
+        # half precision changes scores slightly; the top boxes must agree
+        n = min(5, len(a.fused), len(b.fused))
+        np.testing.assert_allclose(a.fused.boxes[:n], b.fused.boxes[:n], atol=2.0)
