@@ -71,15 +71,13 @@ FOLDS_TO_TRAIN = os.environ.get("TRAIN_FOLDS", "all")  # "all" or e.g. "0" / "0,
 ARCH = "R50"  # R50, R101, X101, cascade (kernel_lib.d2config)
 INIT_WEIGHTS = os.environ.get("TRAIN_INIT_WEIGHTS", "")  # local .pth/.pkl in an attached dataset; "" = from scratch
 ITERS = int(os.environ.get("TRAIN_ITERS", "3000"))
-BATCH = int(os.environ.get("TRAIN_BATCH", "4"))
-NUM_GPUS = max(torch.cuda.device_count(), 1)
+BATCH_PER_GPU = int(os.environ.get("TRAIN_BATCH_PER_GPU", "2"))  # 520x704 images upscaled to ~800 px
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NUM_GPUS = torch.cuda.device_count() if DEVICE == "cuda" else 1  # 2xT4: both, through detectron2's launcher
+BATCH = BATCH_PER_GPU * NUM_GPUS
 # anything else for `python -m kernel_lib train`, e.g. "--min-sizes 96 --test-size 96" for a smoke run
 EXTRA_ARGS = os.environ.get("TRAIN_EXTRA_ARGS", "").split()
 
-if DEVICE == "cpu":
-    NUM_GPUS = 1
-BATCH = max(BATCH // NUM_GPUS, 1) * NUM_GPUS  # a multiple of the GPU count
 MODELS_DIR.mkdir(parents=True, exist_ok=True)
 print(f"data: {DATA_DIR}\\nmodels: {MODELS_DIR}")
 print(f"device: {DEVICE} x {NUM_GPUS}, {ITERS} iterations of {BATCH} images")"""

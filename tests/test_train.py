@@ -182,7 +182,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
             "train", "--data", str(data_dir), "--folds", str(root / "folds.csv"), "--fold", "1",
             "--out", str(root / "models"), "--iters", "2", "--batch", "2", "--device", "cpu",
             "--min-sizes", "96", "--max-size", "160", "--test-size", "96", "--workers", "0",
-            "--eval-config", str(root / "eval.json"),
+            "--eval-config", str(root / "eval.json"), "--eval-period", "1",
             "--set", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
         ]
     )  # fmt: skip
@@ -200,7 +200,11 @@ def test_tiny_run_leaves_the_layout_predict_reads(tiny_run: Path, data_dir: Path
     assert 0.0 <= meta["heldout_score"] <= 1.0 and set(meta["heldout_per_cell_type"]) == {"astro"}
     assert meta["heldout_eval"]["tta"] == ["identity"]
     log = [json.loads(line) for line in (fold / "metrics.json").read_text().splitlines()]
-    assert log[-1]["iteration"] == 1 and np.isfinite(log[-1]["total_loss"])
+    last = max((line for line in log if "total_loss" in line), key=lambda line: line["iteration"])
+    assert last["iteration"] == 1 and np.isfinite(last["total_loss"])
+    # --eval-period 1: the held-out images were also scored after iteration 0 (in memory)
+    periodic = [line["heldout_score"] for line in log if "heldout_score" in line]
+    assert len(periodic) == 1 and 0.0 <= periodic[0] <= 1.0
     scores = pd.read_csv(fold / "heldout_scores.csv")
     assert scores["id"].tolist() == ["caa06f9a4057"]
     assert scores["score"].iloc[0] == pytest.approx(meta["heldout_score"])
@@ -308,7 +312,7 @@ def test_training_notebook_runs_on_a_kaggle_like_tree(
         "KAGGLE_WORKING": str(working),
         "TRAIN_FOLDS": "0",
         "TRAIN_ITERS": "2",
-        "TRAIN_BATCH": "2",
+        "TRAIN_BATCH_PER_GPU": "2",
         "TRAIN_EXTRA_ARGS": f"{tiny} --eval-config {eval_config}",
     }.items():
         monkeypatch.setenv(name, value)
