@@ -346,7 +346,15 @@ class SartoriusMapper:
 
 
 def build_config(opts: TrainOptions, device: str) -> CfgNode:
-    """The detectron2 config of a fold run (also what config.yaml records)."""
+    """The detectron2 config of a fold run (also what config.yaml records).
+
+    The base is :func:`~kernel_lib.d2config.sartorius_config` (``opts.arch``), or
+    ``opts.base_config`` as it is apart from 3 classes and bitmask masks; then the
+    options (weights, sizes, solver) and last ``opts.overrides``.
+
+    Raises:
+        ValueError: unknown config file, non-local initial weights, bad overrides.
+    """
     if opts.base_config:
         cfg = get_cfg()
         path = Path(opts.base_config)
@@ -362,8 +370,6 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
         cfg.merge_from_file(str(path))
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(CELL_TYPES)
         cfg.MODEL.RETINANET.NUM_CLASSES = len(CELL_TYPES)
-        if cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads":
-            pass  # cascade stages share NUM_CLASSES
         cfg.INPUT.MASK_FORMAT = "bitmask"
     else:
         cfg = sartorius_config(opts.arch)
@@ -427,7 +433,7 @@ class HeldoutScore:
     Attributes:
         score: mean image score.
         per_cell_type: cell type -> mean image score (types present only).
-        per_image: DataFrame[id, cell_type, score].
+        per_image: DataFrame[id, cell_type, score, n_truth, n_pred].
         n_images: images scored.
         seconds: wall time of prediction and scoring.
     """
@@ -465,7 +471,7 @@ def score_models(models_dir: str | Path, data: TrainingData, config: Config | No
         rows.extend((image_id, rle) for rle in rles)
     predicted = pd.DataFrame(rows, columns=["id", "predicted"])
     report = score_submission(data.rows, predicted)
-    per_image = report.per_image[["id", "cell_type", "score"]].reset_index(drop=True)
+    per_image = report.per_image[["id", "cell_type", "score", "n_truth", "n_pred"]].reset_index(drop=True)
     per_type = {str(k): float(v) for k, v in report.per_cell_type.items()}
     return HeldoutScore(float(report.score), per_type, per_image, len(per_image), time.perf_counter() - start)
 

@@ -144,6 +144,12 @@ def test_config_from_scratch_and_from_local_weights(tmp_path: Path) -> None:
         build_config(_options(tmp_path, init_weights="https://example.com/model.pkl"), "cpu")
     with pytest.raises(ValueError, match="model-zoo"):
         build_config(_options(tmp_path, base_config="no/such.yaml"), "cpu")
+    cfg = build_config(_options(tmp_path, overrides=("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64")), "cpu")
+    assert cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 64
+    with pytest.raises(ValueError, match=r"--set MODEL\.NO_SUCH_KEY"):
+        build_config(_options(tmp_path, overrides=("MODEL.NO_SUCH_KEY", "1")), "cpu")
+    with pytest.raises(ValueError, match="KEY VALUE pairs"):
+        _options(tmp_path, overrides=("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",))
     cfg = build_config(_options(tmp_path, base_config="Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml"), "cpu")
     assert cfg.MODEL.ROI_HEADS.NAME == "CascadeROIHeads" and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
 
