@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, build_detection_train_loader
+from detectron2.data import build_detection_train_loader
 from detectron2.data import detection_utils as d2utils
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultTrainer, hooks, launch
@@ -400,13 +400,15 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
     cfg.SOLVER.IMS_PER_BATCH = opts.batch
     cfg.SOLVER.BASE_LR = opts.lr or 0.02 * opts.batch / 16
     cfg.SOLVER.MAX_ITER = opts.iters
-    cfg.SOLVER.STEPS = tuple(sorted({max(1, int(opts.iters * 0.7)), max(1, int(opts.iters * 0.9))}))
-    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, opts.iters // 10))
+    # learning rate x0.1 at 70% and 90% of the run, warm-up over its first 10% (at most the base config's)
+    steps = {int(opts.iters * 0.7), int(opts.iters * 0.9)}
+    cfg.SOLVER.STEPS = tuple(sorted(step for step in steps if 0 < step < opts.iters))
+    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, opts.iters // 10)
     cfg.SOLVER.CHECKPOINT_PERIOD = opts.checkpoint_period or opts.iters
     cfg.SOLVER.AMP.ENABLED = bool(opts.amp and device == "cuda")
     cfg.SOLVER.REFERENCE_WORLD_SIZE = 0
     cfg.DATALOADER.NUM_WORKERS = opts.workers
-    cfg.DATASETS.TRAIN = (_dataset_name(opts),)
+    cfg.DATASETS.TRAIN = ()  # the trainer takes the dataset dicts directly (meta.json names the images)
     cfg.DATASETS.TEST = ()
     cfg.TEST.EVAL_PERIOD = opts.eval_period
     cfg.OUTPUT_DIR = str(opts.fold_dir)
@@ -417,10 +419,6 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
         except (KeyError, ValueError, AssertionError) as err:
             raise ValueError(f"--set {' '.join(opts.overrides)}: {err}") from None
     return cfg
-
-
-def _dataset_name(opts: TrainOptions) -> str:
-    return f"sartorius_{opts.fold_name}_train"
 
 
 # ------------------------------------------------------------------------------- scoring
@@ -571,13 +569,36 @@ def _eval_config(opts: TrainOptions, device: str) -> Config:
     return config.replace(inference=dataclasses.replace(config.inference, device=device))
 
 
+LOGGERS = ("detectron2", "kernel_lib", "fvcore")
+"""Loggers whose records go to the fold folder's log.txt."""
+
+
 def _train_worker(opts: TrainOptions, device: str) -> None:
-    """One training process (all of training on one GPU or the CPU; one of several with DDP)."""
-    fold_dir = opts.fold_dir
+    """One training process (all of training on one GPU or the CPU; one of several with DDP).
+
+    Logs go to the console (rank 0) and to the fold folder's ``log.txt`` (``log.txt.rank<r>``
+    for the other ranks); the file handler is removed at the end, so that folds trained in
+    turn by one process each get their own log.
+    """
     rank = comm.get_rank()
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    setup_logger(str(fold_dir / "log.txt"), distributed_rank=rank, name="detectron2", abbrev_name="d2")
-    setup_logger(str(fold_dir / "log.txt"), distributed_rank=rank, name="kernel_lib", abbrev_name="kl")
+    opts.fold_dir.mkdir(parents=True, exist_ok=True)
+    setup_logger(distributed_rank=rank, name="detectron2", abbrev_name="d2")  # console, once per process
+    setup_logger(distributed_rank=rank, name="kernel_lib", abbrev_name="kl")
+    log_file = logging.FileHandler(opts.fold_dir / ("log.txt" if rank == 0 else f"log.txt.rank{rank}"))
+    log_file.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
+    log_file.setLevel(logging.DEBUG)
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(log_file)
+    try:
+        _train_and_score(opts, device, rank)
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(log_file)
+        log_file.close()
+
+
+def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
+    fold_dir = opts.fold_dir
     seed_all_rng(opts.seed + rank)
 
     split = fold_split(opts.folds_csv, opts.fold)
@@ -593,19 +614,16 @@ def _train_worker(opts: TrainOptions, device: str) -> None:
         if len(problems) > 20:
             logger.warning("... %d more in %s", len(problems) - 20, fold_dir / "annotation_problems.csv")
         logger.info(
-            "fold %d: %d training images (%d instances), %d held-out images, %d rows left out",
+            "fold %d: %d training images (%d instances), %d held-out images (%s), %d rows left out",
             opts.fold,
             len(train.dicts),
             sum(len(r["annotations"]) for r in train.dicts),
-            len(heldout.dicts) if heldout else 0,
+            len(split.heldout_ids),
+            "scored at the end" if heldout else "not scored",
             len(problems),
         )
 
     cfg = build_config(opts, device)
-    name = _dataset_name(opts)
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    DatasetCatalog.register(name, lambda: train.dicts)
     cfg.freeze()
     mapper = SartoriusMapper(build_augmentations(cfg, opts.augment), cfg.INPUT.FORMAT)
     config = _eval_config(opts, device)

@@ -134,6 +134,8 @@ def test_config_from_scratch_and_from_local_weights(tmp_path: Path) -> None:
     assert base_lr == pytest.approx(0.02 * 4 / 16)
     assert cfg.SOLVER.STEPS == (70, 90) and cfg.SOLVER.MAX_ITER == 100
     assert not cfg.SOLVER.AMP.ENABLED  # the CPU: no mixed precision
+    one = build_config(_options(tmp_path, iters=1), "cpu").SOLVER
+    assert one.STEPS == () and one.WARMUP_ITERS == 0  # 70% and 90% of one iteration: no step
     weights = tmp_path / "init.pth"
     weights.write_bytes(b"")
     cfg = build_config(_options(tmp_path, init_weights=str(weights)), "cuda")
