@@ -235,6 +235,24 @@ def test_tiny_run_loads_in_the_pipeline_and_predicts(tiny_run: Path, data_dir: P
     assert validate_submission(result.submission) == []
 
 
+def test_score_only_rescores_the_fold_in_place(tiny_run: Path, data_dir: Path) -> None:
+    fold = tiny_run / "models" / "fold1"
+    before = json.loads((fold / "meta.json").read_text())
+    (fold / "heldout_scores.csv").unlink()
+    args = ["train", "--data", str(data_dir), "--folds", str(tiny_run / "folds.csv"), "--fold", "1"]
+    args += ["--out", str(tiny_run / "models"), "--device", "cpu", "--score-only"]
+    config = tiny_run / "eval_hflip.json"  # another config than the run's: hflip TTA too
+    Config(ensemble=EnsembleConfig(tta=("identity", "hflip"), detections_per_image=50)).to_json(config)
+    code = main([*args, "--eval-config", str(config)])
+    assert code == 0
+    after = json.loads((fold / "meta.json").read_text())
+    assert after["heldout_eval"]["config"] == str(config) and after["heldout_eval"]["tta"] == ["identity", "hflip"]
+    assert {k: v for k, v in after.items() if not k.startswith("heldout")} == {
+        k: v for k, v in before.items() if not k.startswith("heldout")
+    }
+    assert (fold / "heldout_scores.csv").is_file()
+
+
 def test_existing_fold_folder_is_not_overwritten(
     tiny_run: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
