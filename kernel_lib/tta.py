@@ -27,6 +27,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from kernel_lib.config import TTA_NAMES
 
@@ -85,14 +86,12 @@ class View:
         """(H, W) or (H, W, C) image of the original frame -> the view's (h, w[, C]) input.
 
         Resizes with bilinear interpolation (half-pixel centres, as the box maths
-        assumes), then flips. Returns a C-contiguous array of the same dtype.
+        assumes; uint8 images through PIL exactly as detectron2's ``ResizeShortestEdge``
+        does in training), then flips. Returns a C-contiguous array of the same dtype.
         """
         if tuple(image.shape[:2]) != tuple(self.in_shape):
             raise ValueError(f"View {self.key}: expected an image of shape {self.in_shape}, got {image.shape[:2]}")
-        out = image
-        if self.resized:
-            height, width = self.out_shape
-            out = cv2.resize(out, (width, height), interpolation=cv2.INTER_LINEAR)
+        out = _resize(image, self.out_shape) if self.resized else image
         return np.ascontiguousarray(_flip_image(out, self.hflip, self.vflip))
 
     def invert_image(self, image: np.ndarray) -> np.ndarray:
@@ -104,8 +103,7 @@ class View:
             raise ValueError(f"View {self.key}: expected an image of shape {self.out_shape}, got {image.shape[:2]}")
         out = _flip_image(image, self.hflip, self.vflip)
         if self.resized:
-            height, width = self.in_shape
-            out = cv2.resize(np.ascontiguousarray(out), (width, height), interpolation=cv2.INTER_LINEAR)
+            out = _resize(np.ascontiguousarray(out), self.in_shape)
         return np.ascontiguousarray(out)
 
     # boxes --------------------------------------------------------------------------
@@ -193,6 +191,15 @@ def make_views(
     if len(set(keys)) != len(keys):
         raise ValueError(f"make_views: duplicated views {keys}")
     return views
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize to (h, w): PIL for uint8 (detectron2's ``ResizeTransform``, which
+    training uses), OpenCV otherwise. Both sample at half-pixel centres."""
+    height, width = shape
+    if image.dtype == np.uint8:
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def _flip_image(image: np.ndarray, hflip: bool, vflip: bool) -> np.ndarray:

@@ -1,0 +1,290 @@
+"""Benchmark: K fold models x TTA views of R50-FPN Mask R-CNN, this bundle vs the public loop.
+
+Both sides run the same K model folders (``config.yaml`` + ``model_final.pth``, default:
+5 random-weight R50-FPN demo folds, MIN_SIZE_TEST 800 as the zoo config: 520x704
+images go in as 800x1083) on the same 704x520 images, with the same candidate score
+(0.05) and detection limit (1000), in the same process, and write a submission:
+
+- bundle: ``kernel_lib.pipeline.run_inference`` (batched calls into the detectron2
+  models, the "roi" ensemble: boxes of every model and view merged, every model's mask
+  head on the merged boxes, soft masks averaged as 28x28 RoI maps, pasted once into
+  box crops; post-processing on crops in a background thread; DataLoader workers).
+- baseline: the public notebooks' loop: a ``DefaultPredictor`` per model, called per
+  image and view (the flipped image for hflip), its full-frame masks moved to numpy and
+  un-flipped, every model's and view's masks concatenated, box NMS across them
+  (torchvision, IoU 0.5, as the public ensemble notebooks' ``ensemble_boxes.nms``),
+  then the detectron2 baseline notebook's per-instance full-frame post-processing
+  (mode class, per-type thresholds, ``mask * (1 - used)``, minimum area,
+  full-frame ``rle_encode``).
+
+Model loading is excluded from both. Reported: images/s (wall) and CPU seconds per image
+(process time, all threads; the development machine is shared, so wall time varies
+with other users' load; both sides use the same torch thread count), detections per
+view, merged boxes per image (bundle), mask-head RoIs per image (both).
+
+Usage::
+
+    .venv/bin/python bench/bench_inference.py [--images 4] [--folds 5] [--tta identity,hflip]
+        [--device auto|cpu|cuda] [--models DIR] [--min-size 800] [--json OUT]
+
+On a GPU use more images (e.g. ``--images 40``); ``--no-half`` for float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kernel_lib.config import Config, EnsembleConfig, InferenceConfig, PostprocessConfig  # noqa: E402
+from kernel_lib.images import list_images, read_image, to_model_input  # noqa: E402
+
+
+def machine(device: str) -> str:
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if device.startswith("cuda"):
+        gpu = ", GPU " + ", ".join(torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count()))
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
+
+
+def pick_images(n: int) -> list[Path]:
+    """n 704x520 images: the larger pack's train images when present, else tests/data."""
+    candidates = []
+    for folder in (ROOT.parent / "shared" / "data" / "sartorius-mini" / "train", ROOT / "tests" / "data" / "train"):
+        if folder.is_dir():
+            candidates = list_images(folder)
+            break
+    candidates += list_images(ROOT / "tests" / "data" / "test")
+    if len(candidates) < n:
+        raise ValueError(f"only {len(candidates)} images available, asked for {n}")
+    return candidates[:n]
+
+
+# ------------------------------------------------------------------ baseline
+
+
+def rle_encode_full(mask: np.ndarray) -> str:
+    """The public notebooks' encoder: full-frame flatten, row-major, 1-indexed."""
+    pixels = mask.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+class Baseline:
+    """DefaultPredictor per model, per image and view; full-frame masks throughout."""
+
+    def __init__(self, models_dir: Path, names: list[str], cfg: Config, device: str) -> None:
+        from detectron2.config import get_cfg
+        from detectron2.engine import DefaultPredictor
+
+        self.predictors = []
+        for name in names:
+            d2cfg = get_cfg()
+            d2cfg.set_new_allowed(True)
+            d2cfg.merge_from_file(str(models_dir / name / "config.yaml"))
+            d2cfg.MODEL.WEIGHTS = str(models_dir / name / "model_final.pth")
+            d2cfg.MODEL.DEVICE = device
+            d2cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = cfg.ensemble.candidate_score
+            d2cfg.TEST.DETECTIONS_PER_IMAGE = cfg.ensemble.detections_per_image
+            self.predictors.append(DefaultPredictor(d2cfg))
+        self.tta = cfg.ensemble.tta
+        self.pp: PostprocessConfig = cfg.postprocess
+        self.nms_iou = 0.5
+        self.mask_rois = 0
+        self.detections: list[int] = []
+
+    def predict(self, path: Path) -> list[str]:
+        import torch
+        from torchvision.ops import nms
+
+        image = to_model_input(read_image(path))
+        boxes, scores, classes, masks = [], [], [], []
+        for predictor in self.predictors:
+            for name in self.tta:
+                flip_h, flip_v = name in ("hflip", "hvflip"), name in ("vflip", "hvflip")
+                view = image[:, ::-1] if flip_h else image
+                view = view[::-1] if flip_v else view
+                inst = predictor(np.ascontiguousarray(view))["instances"].to("cpu")
+                self.detections.append(len(inst))
+                self.mask_rois += len(inst)
+                m = inst.pred_masks.numpy()
+                b = inst.pred_boxes.tensor.numpy().copy()
+                width, height = image.shape[1], image.shape[0]
+                if flip_h:
+                    m = m[:, :, ::-1]
+                    b[:, [0, 2]] = width - b[:, [2, 0]]
+                if flip_v:
+                    m = m[:, ::-1, :]
+                    b[:, [1, 3]] = height - b[:, [3, 1]]
+                masks.append(m)
+                boxes.append(b)
+                scores.append(inst.scores.numpy())
+                classes.append(inst.pred_classes.numpy())
+        all_boxes, all_scores = np.concatenate(boxes), np.concatenate(scores)
+        all_classes, all_masks = np.concatenate(classes), np.concatenate(masks)
+        keep = nms(torch.from_numpy(all_boxes), torch.from_numpy(all_scores), self.nms_iou).numpy()
+        # the detectron2 baseline notebook's post-processing on full-frame masks
+        if len(keep) == 0:
+            return []
+        cell_type = int(np.bincount(all_classes[keep]).argmax())
+        take = keep[all_scores[keep] >= self.pp.score_threshold[cell_type]]
+        used = np.zeros(image.shape[:2], dtype=int)
+        rles = []
+        for mask in all_masks[take]:
+            mask = mask * (1 - used)
+            if mask.sum() >= self.pp.min_area[cell_type]:
+                used += mask
+                rles.append(rle_encode_full(mask))
+        return rles
+
+
+# ------------------------------------------------------------------ run
+
+
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--tta", default="identity,hflip")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--models", type=Path, help="model folder (default: random R50 demo folds in a temp dir)")
+    parser.add_argument("--min-size", type=int, default=800, help="MIN_SIZE_TEST of the demo folds")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--no-half", action="store_true")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from kernel_lib.demo_models import make_demo_models
+    from kernel_lib.model import EnsemblePredictor, predict, resolve_device
+    from kernel_lib.pipeline import load_models, run_inference
+
+    device = str(resolve_device(args.device))
+    inference = InferenceConfig(device="cuda" if device.startswith("cuda") else "cpu", half=not args.no_half)
+    if args.batch_size:
+        inference = dataclasses.replace(inference, batch_size=args.batch_size)
+    if args.workers is not None:
+        inference = dataclasses.replace(inference, num_workers=args.workers)
+    cfg = Config(ensemble=EnsembleConfig(tta=tuple(args.tta.split(","))), inference=inference)
+    work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    models_dir = args.models
+    if models_dir is None:
+        models_dir = work / "models"
+        make_demo_models(models_dir, n_folds=args.folds, arch="R50", seed=0, min_size_test=args.min_size)
+    images = pick_images(args.images + 1)
+    warm, timed_images = images[:1], images[1:]
+    test_dir = work / "test"
+    test_dir.mkdir()
+    for path in timed_images:
+        (test_dir / path.name).symlink_to(path.resolve())
+    print(f"machine: {machine(device)}")
+    print(f"{args.folds} folds x {len(cfg.ensemble.tta)} views, {len(timed_images)} images (+1 warm-up), {inference}")
+
+    # count merged boxes per image as the bundle runs (a wrapper records the fused sizes)
+    merged: list[int] = []
+    original = EnsemblePredictor.predict_batch
+
+    def counting(self: EnsemblePredictor, items: list[dict[str, Any]]) -> list[Any]:
+        outs = original(self, items)
+        merged.extend(len(o.fused) for o in outs if o.fused is not None)
+        return outs
+
+    EnsemblePredictor.predict_batch = counting
+    # bundle: warm-up on one image, then run_inference on the timed images
+    models = load_models(models_dir, cfg)
+    list(predict(warm, models, cfg.ensemble, cfg.inference, progress=False))
+    del models
+    merged.clear()
+    result, wall, cpu = timed(lambda: run_inference(test_dir, models_dir, work / "bundle.csv", cfg, progress=False))
+    bundle_wall = wall - result.timings["load_models"]
+    _, _, load_cpu = timed(lambda: load_models(models_dir, cfg))
+    bundle_cpu = cpu - load_cpu  # loading's CPU time, measured on its own, left out
+    n = len(timed_images)
+    views = args.folds * len(cfg.ensemble.tta)
+    report = {
+        "machine": machine(device),
+        "folds": args.folds,
+        "tta": list(cfg.ensemble.tta),
+        "images": n,
+        "min_size_test": args.min_size,
+        "bundle": {
+            "images_per_s": n / bundle_wall,
+            "wall_s_per_image": bundle_wall / n,
+            "cpu_s_per_image": bundle_cpu / n,
+            "merged_boxes_per_image": float(np.mean(merged)),
+            "mask_head_rois_per_image": float(np.mean(merged)) * views,
+            "instances_written": result.n_instances,
+            "timings": result.timings,
+        },
+    }
+    print(json.dumps(report["bundle"], indent=1))
+    if not args.skip_baseline:
+        names = [p.name for p in sorted(models_dir.iterdir()) if (p / "config.yaml").is_file()]
+        baseline = Baseline(models_dir, names, cfg, device)
+        baseline.predict(warm[0])
+        baseline.detections.clear()
+        baseline.mask_rois = 0
+
+        def run_baseline() -> int:
+            rows = []
+            for path in timed_images:
+                rles = baseline.predict(path)
+                rows.extend(f"{path.stem},{r}" for r in rles) if rles else rows.append(f"{path.stem},")
+            (work / "baseline.csv").write_text("id,predicted\n" + "\n".join(rows) + "\n")
+            return len(rows)
+
+        rows, wall, cpu = timed(run_baseline)
+        report["baseline"] = {
+            "images_per_s": n / wall,
+            "wall_s_per_image": wall / n,
+            "cpu_s_per_image": cpu / n,
+            "detections_per_view": float(np.mean(baseline.detections)),
+            "mask_head_rois_per_image": baseline.mask_rois / n,
+            "rows_written": rows,
+        }
+        report["speedup_wall"] = report["bundle"]["images_per_s"] / report["baseline"]["images_per_s"]
+        report["speedup_cpu"] = report["baseline"]["cpu_s_per_image"] / report["bundle"]["cpu_s_per_image"]
+        print(json.dumps(report["baseline"], indent=1))
+        print(f"speed-up: wall {report['speedup_wall']:.2f}x, cpu time {report['speedup_cpu']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
