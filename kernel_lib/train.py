@@ -661,6 +661,7 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         "heldout_ids": list(split.heldout_ids),
         "annotation_problems": len(train.problems) + (len(heldout.problems) if heldout else 0),
         "iters": opts.iters,
+        "resumed_from_iter": first_iter,
         "batch": opts.batch,
         "base_lr": cfg.SOLVER.BASE_LR,
         "device": device,
