@@ -37,6 +37,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -118,6 +119,12 @@ class Baseline:
         self.mask_rois = 0
         self.detections: list[int] = []
 
+    def warm_up(self, path: Path) -> None:
+        """One call per predictor on one image (kernel caches), not counted."""
+        image = to_model_input(read_image(path))
+        for predictor in self.predictors:
+            predictor(image)
+
     def predict(self, path: Path) -> list[str]:
         import torch
         from torchvision.ops import nms
@@ -187,11 +194,15 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-half", action="store_true")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--agreeing", action="store_true", help="demo folds that agree: K copies of one random init (default: K seeds)"
+    )
+    parser.add_argument("--cpu-bf16", action="store_true", help="on the CPU, also time the bundle with cpu_bf16")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     from kernel_lib.demo_models import make_demo_models
-    from kernel_lib.model import EnsemblePredictor, predict, resolve_device
+    from kernel_lib.model import EnsemblePredictor, predict, read_manifest, resolve_device
     from kernel_lib.pipeline import load_models, run_inference
 
     device = str(resolve_device(args.device))
@@ -201,19 +212,44 @@ def main() -> int:
     if args.workers is not None:
         inference = dataclasses.replace(inference, num_workers=args.workers)
     cfg = Config(ensemble=EnsembleConfig(tta=tuple(args.tta.split(","))), inference=inference)
+    variants = {"bundle": cfg}
+    if args.cpu_bf16 and not device.startswith("cuda"):
+        variants["bundle_bf16"] = cfg.replace(inference=dataclasses.replace(inference, cpu_bf16=True))
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     models_dir = args.models
     if models_dir is None:
         models_dir = work / "models"
-        make_demo_models(models_dir, n_folds=args.folds, arch="R50", seed=0, min_size_test=args.min_size)
+        if args.agreeing:
+            # folds that agree (as trained folds mostly do): copies of one random init
+            (first,) = make_demo_models(models_dir, n_folds=1, arch="R50", seed=0, min_size_test=args.min_size)
+            for fold in range(1, args.folds):
+                shutil.copytree(first, models_dir / f"fold{fold}")
+                meta = json.loads((first / "meta.json").read_text())
+                (models_dir / f"fold{fold}" / "meta.json").write_text(json.dumps({**meta, "fold": fold}))
+            (models_dir / "models.json").unlink()
+        else:
+            make_demo_models(models_dir, n_folds=args.folds, arch="R50", seed=0, min_size_test=args.min_size)
+    names = [name for name, _ in read_manifest(models_dir)]
     images = pick_images(args.images + 1)
     warm, timed_images = images[:1], images[1:]
     test_dir = work / "test"
     test_dir.mkdir()
     for path in timed_images:
         (test_dir / path.name).symlink_to(path.resolve())
-    print(f"machine: {machine(device)}")
-    print(f"{args.folds} folds x {len(cfg.ensemble.tta)} views, {len(timed_images)} images (+1 warm-up), {inference}")
+    n = len(timed_images)
+    views = len(names) * len(cfg.ensemble.tta)
+    report: dict[str, Any] = {
+        "machine": machine(device),
+        "folds": len(names),
+        "tta": list(cfg.ensemble.tta),
+        "images": n,
+        "image_ids": [p.stem for p in timed_images],
+        "min_size_test": args.min_size if args.models is None else "from the model configs",
+        "demo_folds": None if args.models else ("copies of one random init" if args.agreeing else "independent seeds"),
+        "inference": dataclasses.asdict(inference),
+    }
+    print(f"machine: {report['machine']}")
+    print(f"{len(names)} folds x {len(cfg.ensemble.tta)} views, {n} images (+1 warm-up), {inference}")
 
     # count merged boxes per image as the bundle runs (a wrapper records the fused sizes)
     merged: list[int] = []
@@ -225,46 +261,39 @@ def main() -> int:
         return outs
 
     EnsemblePredictor.predict_batch = counting
-    # bundle: warm-up on one image, then run_inference on the timed images
-    models = load_models(models_dir, cfg)
-    list(predict(warm, models, cfg.ensemble, cfg.inference, progress=False))
-    del models
-    merged.clear()
-    result, wall, cpu = timed(lambda: run_inference(test_dir, models_dir, work / "bundle.csv", cfg, progress=False))
-    bundle_wall = wall - result.timings["load_models"]
-    _, _, load_cpu = timed(lambda: load_models(models_dir, cfg))
-    bundle_cpu = cpu - load_cpu  # loading's CPU time, measured on its own, left out
-    n = len(timed_images)
-    views = args.folds * len(cfg.ensemble.tta)
-    report = {
-        "machine": machine(device),
-        "folds": args.folds,
-        "tta": list(cfg.ensemble.tta),
-        "images": n,
-        "min_size_test": args.min_size,
-        "bundle": {
-            "images_per_s": n / bundle_wall,
-            "wall_s_per_image": bundle_wall / n,
-            "cpu_s_per_image": bundle_cpu / n,
+    for label, variant in variants.items():
+        # warm-up: one model, every view, one image (kernel caches, allocator)
+        models = load_models(models_dir, variant)[:1]
+        list(predict(warm, models, variant.ensemble, variant.inference, progress=False))
+        del models
+        merged.clear()
+        load_before = os.getloadavg()[0]
+        csv = work / f"{label}.csv"
+        result, wall, cpu = timed(lambda v=variant, c=csv: run_inference(test_dir, models_dir, c, v, progress=False))
+        seconds = wall - result.timings["load_models"]
+        _, _, load_cpu = timed(lambda v=variant: load_models(models_dir, v))
+        report[label] = {
+            "images_per_s": n / seconds,
+            "wall_s_per_image": seconds / n,
+            "cpu_s_per_image": (cpu - load_cpu) / n,  # loading's CPU time, measured on its own, left out
             "merged_boxes_per_image": float(np.mean(merged)),
             "mask_head_rois_per_image": float(np.mean(merged)) * views,
             "instances_written": result.n_instances,
             "timings": result.timings,
-        },
-    }
-    print(json.dumps(report["bundle"], indent=1))
+            "load_average": [load_before, os.getloadavg()[0]],
+        }
+        print(label, json.dumps(report[label], indent=1), flush=True)
+
     if not args.skip_baseline:
-        names = [p.name for p in sorted(models_dir.iterdir()) if (p / "config.yaml").is_file()]
         baseline = Baseline(models_dir, names, cfg, device)
-        baseline.predict(warm[0])
-        baseline.detections.clear()
-        baseline.mask_rois = 0
+        baseline.warm_up(warm[0])
+        load_before = os.getloadavg()[0]
 
         def run_baseline() -> int:
-            rows = []
+            rows: list[str] = []
             for path in timed_images:
                 rles = baseline.predict(path)
-                rows.extend(f"{path.stem},{r}" for r in rles) if rles else rows.append(f"{path.stem},")
+                rows.extend([f"{path.stem},{r}" for r in rles] or [f"{path.stem},"])
             (work / "baseline.csv").write_text("id,predicted\n" + "\n".join(rows) + "\n")
             return len(rows)
 
@@ -276,11 +305,14 @@ def main() -> int:
             "detections_per_view": float(np.mean(baseline.detections)),
             "mask_head_rois_per_image": baseline.mask_rois / n,
             "rows_written": rows,
+            "load_average": [load_before, os.getloadavg()[0]],
         }
-        report["speedup_wall"] = report["bundle"]["images_per_s"] / report["baseline"]["images_per_s"]
-        report["speedup_cpu"] = report["baseline"]["cpu_s_per_image"] / report["bundle"]["cpu_s_per_image"]
-        print(json.dumps(report["baseline"], indent=1))
-        print(f"speed-up: wall {report['speedup_wall']:.2f}x, cpu time {report['speedup_cpu']:.2f}x")
+        print("baseline", json.dumps(report["baseline"], indent=1))
+        for label in variants:
+            wall_x = report[label]["images_per_s"] / report["baseline"]["images_per_s"]
+            cpu_x = report["baseline"]["cpu_s_per_image"] / report[label]["cpu_s_per_image"]
+            report[f"speedup_{label}"] = {"wall": wall_x, "cpu_time": cpu_x}
+            print(f"speed-up {label}: wall {wall_x:.2f}x, cpu time {cpu_x:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -484,6 +484,12 @@ class EnsemblePredictor:
     @torch.inference_mode()
     def predict_batch(self, items: Sequence[dict[str, Any]]) -> list[ViewOutputs]:
         """Items from :class:`ImageDataset` -> one :class:`ViewOutputs` per item."""
+        # on a second GPU (own thread), make it the current device for any tensor
+        # created without an explicit device
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            return self._predict_batch(items)
+
+    def _predict_batch(self, items: Sequence[dict[str, Any]]) -> list[ViewOutputs]:
         roi = self.ensemble.method == "roi"
         shapes = [tuple(item["grey"].shape) for item in items]
         # per model: flat lists over (image, view), grouped into calls by view input shape

@@ -11,6 +11,7 @@ This module imports torch only inside :func:`load_models` / :func:`predict_insta
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,9 +29,12 @@ from kernel_lib.rle import rle_encode_crops
 from kernel_lib.submission import read_csv_columns, validate_submission, write_submission
 
 if TYPE_CHECKING:
-    from kernel_lib.model import FoldModel
+    from kernel_lib.model import FoldModel, ViewOutputs
 
-__all__ = ["InferenceResult", "finalize", "load_models", "predict_instances", "run_inference"]
+MAX_PENDING = 8
+"""Most images whose post-processing may queue behind the models in :func:`run_inference`."""
+
+__all__ = ["InferenceResult", "finalize", "fuse_outputs", "load_models", "predict_instances", "run_inference"]
 
 
 def load_models(models_dir: str | Path, config: Config | None = None) -> list[FoldModel]:
@@ -74,16 +78,31 @@ def predict_instances(
             post-processing would drop them below anyway.
         progress: show a tqdm bar.
     """
+    config = config or Config()
+    for image_id, grey, out in _model_outputs(image_paths, models, config, mask_min_score, progress):
+        yield image_id, grey, fuse_outputs(out, config)
+
+
+def _model_outputs(
+    image_paths: Sequence[str | Path],
+    models: Sequence[FoldModel],
+    config: Config,
+    mask_min_score: float,
+    progress: bool,
+) -> Iterator[tuple[str, np.ndarray, ViewOutputs]]:
     from kernel_lib.model import predict
 
-    config = config or Config()
-    for image_id, grey, out in predict(
+    yield from predict(
         image_paths, models, config.ensemble, config.inference, mask_min_score=mask_min_score, progress=progress
-    ):
-        if out.fused is not None:
-            yield image_id, grey, out.fused
-        else:
-            yield image_id, grey, fuse_views(out.views, out.weights, config.ensemble, config.postprocess.mask_threshold)
+    )
+
+
+def fuse_outputs(out: ViewOutputs, config: Config) -> SoftInstances:
+    """One image's model outputs -> fused instances: the "roi" result as it is, else the
+    per-view instances combined by :func:`kernel_lib.ensemble.fuse_views` (numpy)."""
+    if out.fused is not None:
+        return out.fused
+    return fuse_views(out.views, out.weights, config.ensemble, config.postprocess.mask_threshold)
 
 
 def finalize(inst: SoftInstances, grey_shape: tuple[int, int], pp: PostprocessConfig) -> Postprocessed:
@@ -104,9 +123,11 @@ class InferenceResult:
 
     Attributes:
         submission: the CSV written (validated).
-        timings: seconds per stage: "load_models", "inference" (models + ensemble, the
-            loop's wall time), "postprocess" (finalize + RLE, summed over images; it runs
-            in a background thread during "inference"), "write" (write + validate), "total".
+        timings: seconds per stage: "load_models"; "inference" (the models' loop, wall
+            time); "postprocess" (instance-level fusion for "wmf"/"mask_nms", pasting,
+            post-processing and RLE, summed over images: it runs in a background thread
+            during "inference"); "postprocess_tail" (what was left of it after the
+            models finished); "write" (write + validate); "total".
         n_images: images predicted.
         n_instances: instances written.
         predictions: id -> final masks.
@@ -171,26 +192,32 @@ def run_inference(
     pp = config.postprocess
     post_seconds = 0.0
 
-    def _finish(inst: SoftInstances, shape: tuple[int, int]) -> tuple[CropMasks, list[str], float]:
+    def _finish(out: ViewOutputs, shape: tuple[int, int]) -> tuple[CropMasks, list[str], float]:
         start = time.perf_counter()
-        result = finalize(inst, shape, pp)
+        result = finalize(fuse_outputs(out, config), shape, pp)
         rles = rle_encode_crops(result.masks)
         return result.masks, rles, time.perf_counter() - start
 
-    pending: dict[str, Future] = {}
-    # post-processing of image i runs in a thread while the models work on image i+1
+    masks_by_id: dict[str, CropMasks] = {}
+    rles_by_id: dict[str, list[str]] = {}
+    pending: deque[tuple[str, Future]] = deque()
+
+    def _collect_oldest() -> float:
+        image_id, future = pending.popleft()
+        masks, rles, seconds = future.result()
+        masks_by_id[image_id], rles_by_id[image_id] = masks, rles
+        return seconds
+
+    # fusion ("wmf"/"mask_nms"), post-processing and encoding of image i run in a thread
+    # while the models work on the next images; at most MAX_PENDING images wait
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for image_id, grey, inst in predict_instances(
-            paths, models, config, mask_min_score=min(pp.score_threshold), progress=progress
-        ):
-            pending[image_id] = pool.submit(_finish, inst, grey.shape)
+        for image_id, grey, out in _model_outputs(paths, models, config, min(pp.score_threshold), progress):
+            pending.append((image_id, pool.submit(_finish, out, grey.shape)))
+            while len(pending) > MAX_PENDING or (pending and pending[0][1].done()):
+                post_seconds += _collect_oldest()
         t_predicted = time.perf_counter()
-        masks_by_id: dict[str, CropMasks] = {}
-        rles_by_id: dict[str, list[str]] = {}
-        for image_id, future in pending.items():
-            masks, rles, seconds = future.result()
-            masks_by_id[image_id], rles_by_id[image_id] = masks, rles
-            post_seconds += seconds
+        while pending:
+            post_seconds += _collect_oldest()
     t_post = time.perf_counter()
 
     out_csv = write_submission(rles_by_id, out_csv, ids)
