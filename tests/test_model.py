@@ -238,6 +238,22 @@ def test_cpu_bfloat16_is_close_to_float32(mixed_dir: Path, data_dir: Path) -> No
         assert np.abs(b.fused.boxes - box).max(axis=1).min() < 3.0
 
 
+def test_rescale_views_map_back_to_the_frame(mixed_dir: Path, data_dir: Path) -> None:
+    models = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    ens = EnsembleConfig(
+        method="mask_nms", tta=("identity", "hflip"), scales=(1.0, 1.25), detections_per_image=DETECTIONS
+    )
+    ((_, _, out),) = list(predict(_test_images(data_dir, 1), models, ens, CPU, progress=False))
+    assert out.names == ["fold0/identity", "fold0/hflip", "fold0/identity@1.25", "fold0/hflip@1.25"]
+    for inst in out.views:
+        assert inst.shape == (520, 704)
+        assert (inst.boxes >= 0).all() and (inst.boxes[:, 2] <= 704).all() and (inst.boxes[:, 3] <= 520).all()
+    # RoI fusion over the same four views runs the backbone once per scale (two input shapes)
+    roi = EnsembleConfig(method="roi", tta=("identity", "hflip"), scales=(1.0, 1.25), detections_per_image=DETECTIONS)
+    ((_, _, fused),) = list(predict(_test_images(data_dir, 1), models, roi, CPU, progress=False))
+    assert 0 < len(fused.fused) <= DETECTIONS
+
+
 def test_batching_and_workers_do_not_change_results(mixed_dir: Path, data_dir: Path) -> None:
     models = load_models(mixed_dir, _ensemble(), CPU)[:1]
     ens = _ensemble(tta=("identity",))

@@ -162,3 +162,20 @@ def test_predict_command_names_a_broken_model(demo_dir: Path, data_dir: Path, tm
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "error: model fold0" in proc.stderr and "model_final.pth is missing" in proc.stderr
+
+
+@pytest.mark.parametrize("method", ["roi", "wmf"])
+def test_no_detection_writes_an_empty_row_per_image(
+    demo_dir: Path, data_dir: Path, tmp_path: Path, method: str
+) -> None:
+    from kernel_lib.pipeline import run_inference
+
+    # candidate score 1.0: detectron2 keeps scores > 1.0, i.e. nothing
+    config = _config(method, tta=("identity",))
+    config = config.replace(ensemble=EnsembleConfig(method=method, tta=("identity",), candidate_score=1.0))
+    out = tmp_path / "submission.csv"
+    result = run_inference(data_dir / "test", demo_dir, out, config, progress=False)
+    assert result.n_instances == 0
+    df = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert sorted(df["id"]) == sorted(_sample_ids(data_dir)) and (df["predicted"] == "").all()
+    assert validate_submission(out, data_dir / "sample_submission.csv") == []
