@@ -27,7 +27,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from kernel_lib.config import TTA_NAMES
 
@@ -198,6 +197,8 @@ def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     training uses), OpenCV otherwise. Both sample at half-pixel centres."""
     height, width = shape
     if image.dtype == np.uint8:
+        from PIL import Image  # Pillow comes with torchvision / detectron2
+
         return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
 
