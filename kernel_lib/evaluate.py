@@ -129,18 +129,13 @@ def model_infos(models_dir: str | Path) -> list[ModelInfo]:
     Raises:
         ValueError: see :func:`kernel_lib.model.read_manifest`; a model without weights.
     """
-    from kernel_lib.model import CONFIG_FILE, META_FILE, WEIGHTS_FILE, _fold_of, read_manifest
+    from kernel_lib.model import CONFIG_FILE, META_FILE, WEIGHTS_FILE, fold_of, read_manifest, read_meta
 
     models_dir = Path(models_dir)
     infos = []
     for name, weight in read_manifest(models_dir):
         folder = models_dir / name
-        meta: dict[str, Any] = {}
-        if (folder / META_FILE).is_file():
-            try:
-                meta = json.loads((folder / META_FILE).read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"model {name}: {folder / META_FILE} is not valid JSON ({err})") from None
+        meta = read_meta(folder)
         parts = []
         for file in (CONFIG_FILE, WEIGHTS_FILE, META_FILE):
             if (folder / file).is_file():
@@ -149,7 +144,7 @@ def model_infos(models_dir: str | Path) -> list[ModelInfo]:
                 raise ValueError(
                     f"model {name}: {folder / file} is missing; a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}"
                 )
-        fold = _fold_of(name, meta if isinstance(meta, dict) else {})
+        fold = fold_of(name, meta)
         infos.append(
             ModelInfo(
                 name, folder, fold, float(weight), hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()

@@ -176,7 +176,26 @@ def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
     return [(name, 1.0) for name in subdirs]
 
 
-def _fold_of(name: str, meta: dict[str, Any]) -> int | None:
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A model folder's ``meta.json`` as a dict ({} when absent).
+
+    Raises:
+        ValueError: the file is not a JSON object; the message names the model.
+    """
+    path = folder / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"model {folder.name}: {path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"model {folder.name}: {path} must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def fold_of(name: str, meta: dict[str, Any]) -> int | None:
+    """A model's fold: ``meta["fold"]``, else the first integer after "fold" in its name."""
     if isinstance(meta.get("fold"), int):
         return int(meta["fold"])
     match = re.search(r"fold\D*(\d+)", name, flags=re.IGNORECASE)
@@ -246,12 +265,7 @@ def load_fold_model(
     for path in (config_path, weights_path):
         if not path.is_file():
             raise ValueError(f"model {name}: {path} is missing; a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
-    meta: dict[str, Any] = {}
-    if (folder / META_FILE).is_file():
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"model {name}: {folder / META_FILE} is not valid JSON ({err})") from None
+    meta = read_meta(folder)
     cfg = get_cfg()
     cfg.set_new_allowed(True)
     try:
@@ -282,7 +296,7 @@ def load_fold_model(
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return FoldModel(name, folder, _fold_of(name, meta), float(weight), cfg, model, device, meta, channels_last)
+    return FoldModel(name, folder, fold_of(name, meta), float(weight), cfg, model, device, meta, channels_last)
 
 
 def load_models(models_dir: str | Path, ensemble: EnsembleConfig, inference: InferenceConfig) -> list[FoldModel]:
