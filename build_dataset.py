@@ -21,6 +21,7 @@ Bad input ends with one `error: ...` line that names the problem and the fix (ex
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -141,6 +142,7 @@ def dataset_metadata(dataset_id: str, title: str, licence: str) -> dict[str, obj
     return {"title": title, "id": dataset_id, "licenses": [{"name": licence}], "description": DESCRIPTION}
 
 
+@functools.cache
 def load_wheelhouse() -> ModuleType:
     """scripts/wheelhouse.py, the one place that repacks detectron2."""
     spec = importlib.util.spec_from_file_location("kernel_lib_wheelhouse", WHEELHOUSE)
@@ -155,11 +157,8 @@ def load_wheelhouse() -> ModuleType:
 
 
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex sha256 of a file (the wheelhouse's, so both record hashes alike)."""
+    return load_wheelhouse().sha256_of(path)
 
 
 def python_tags(version: str) -> frozenset[Tag]:
