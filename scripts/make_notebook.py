@@ -12,6 +12,7 @@ submission is validated, the per-stage timings tabulated and a few predictions d
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nbformat
@@ -137,15 +138,14 @@ for image_id in sorted(result.predictions)[:N_OVERLAYS]:
     display(Image(filename=str(path)))"""
 
 
-def build() -> nbformat.NotebookNode:
-    """The notebook, without outputs."""
+def notebook(cells: Sequence[tuple[str, str]]) -> nbformat.NotebookNode:
+    """A notebook without outputs from ("markdown" | "code", source) pairs, with
+    stable cell ids so that regenerating gives the same file."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(INTRO),
-        *(nbformat.v4.new_code_cell(src) for src in (INSTALL, PARAMETERS, RUN, VALIDATE, TIMINGS, OVERLAYS)),
-    ]
+    make = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
+    nb.cells = [make[kind](source) for kind, source in cells]
     for number, cell in enumerate(nb.cells):
-        cell.id = f"cell-{number}"  # stable ids: regenerating gives the same file
+        cell.id = f"cell-{number}"
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
@@ -154,21 +154,29 @@ def build() -> nbformat.NotebookNode:
     return nb
 
 
-def render() -> str:
-    return nbformat.writes(build()) + "\n"
+def write_or_check(path: Path, nb: nbformat.NotebookNode, script: str, argv: Sequence[str]) -> int:
+    """Write ``nb`` to ``path``; with ``--check`` in ``argv`` only compare (exit 1 when
+    the committed file differs, naming ``script`` to run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = nbformat.writes(nb) + "\n"
+    if "--check" in argv:
+        if not path.is_file() or path.read_text() != text:
+            print(f"{path} is out of date: run python {script}", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(text)
+    print(path)
+    return 0
+
+
+def build() -> nbformat.NotebookNode:
+    """The inference notebook, without outputs."""
+    code = (INSTALL, PARAMETERS, RUN, VALIDATE, TIMINGS, OVERLAYS)
+    return notebook([("markdown", INTRO), *(("code", src) for src in code)])
 
 
 def main() -> int:
-    NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if not NOTEBOOK.is_file() or NOTEBOOK.read_text() != text:
-            print(f"{NOTEBOOK} is out of date: run python scripts/make_notebook.py", file=sys.stderr)
-            return 1
-        return 0
-    NOTEBOOK.write_text(text)
-    print(NOTEBOOK)
-    return 0
+    return write_or_check(NOTEBOOK, build(), "scripts/make_notebook.py", sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import nbformat
 
@@ -24,13 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-train.ipynb"
 
 
-def _inference_install_cell() -> str:
+def _inference_generator() -> ModuleType:
+    """scripts/make_notebook.py: the install cell and the notebook writer."""
     spec = importlib.util.spec_from_file_location("make_notebook", ROOT / "scripts" / "make_notebook.py")
     if spec is None or spec.loader is None:
         raise FileNotFoundError(f"{ROOT / 'scripts' / 'make_notebook.py'} is missing; it holds the install cell")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return str(module.INSTALL)
+    return module
 
 
 INTRO = """\
@@ -160,38 +162,14 @@ NEXT = """\
 
 
 def build() -> nbformat.NotebookNode:
-    """The notebook, without outputs."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_markdown_cell(INTRO),
-        *(nbformat.v4.new_code_cell(src) for src in (_inference_install_cell(), PARAMETERS, FOLDS, TRAIN, SUMMARY)),
-        nbformat.v4.new_markdown_cell(NEXT),
-    ]
-    for number, cell in enumerate(nb.cells):
-        cell.id = f"cell-{number}"  # stable ids: regenerating gives the same file
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    nbformat.validate(nb)
-    return nb
-
-
-def render() -> str:
-    return nbformat.writes(build()) + "\n"
+    """The training notebook, without outputs."""
+    generator = _inference_generator()
+    code = (generator.INSTALL, PARAMETERS, FOLDS, TRAIN, SUMMARY)
+    return generator.notebook([("markdown", INTRO), *(("code", src) for src in code), ("markdown", NEXT)])
 
 
 def main() -> int:
-    NOTEBOOK.parent.mkdir(parents=True, exist_ok=True)
-    text = render()
-    if "--check" in sys.argv[1:]:
-        if not NOTEBOOK.is_file() or NOTEBOOK.read_text() != text:
-            print(f"{NOTEBOOK} is out of date: run python scripts/make_train_notebook.py", file=sys.stderr)
-            return 1
-        return 0
-    NOTEBOOK.write_text(text)
-    print(NOTEBOOK)
-    return 0
+    return _inference_generator().write_or_check(NOTEBOOK, build(), "scripts/make_train_notebook.py", sys.argv[1:])
 
 
 if __name__ == "__main__":
