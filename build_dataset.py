@@ -117,12 +117,15 @@ def read_pins(path: Path) -> list[Pin]:
 
 
 def check_pythons(versions: Sequence[str]) -> list[str]:
-    """Validated ``3.N`` strings (CPython 3.8 or newer)."""
+    """Validated ``3.N`` strings (CPython 3.10 or newer: kernel_lib's requires-python)."""
     out: list[str] = []
     for version in versions:
         match = re.fullmatch(r"3\.(\d{1,2})", version)
-        if not match or int(match.group(1)) < 8:
-            raise BuildError(f"--python: expected versions like 3.10 3.11 3.12, got {version!r}")
+        if not match or int(match.group(1)) < 10:
+            raise BuildError(
+                f"--python: expected CPython versions 3.10 or newer, like 3.10 3.11 3.12 "
+                f"(kernel_lib needs Python >= 3.10), got {version!r}"
+            )
         if version not in out:
             out.append(version)
     return out

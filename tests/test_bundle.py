@@ -131,7 +131,8 @@ def test_tampered_wheel_is_refused_with_a_clear_error(dataset: Path, tmp_path: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--python", "2.7"], "--python: expected versions like 3.10"),
+        (["--python", "2.7"], "--python: expected CPython versions 3.10 or newer"),
+        (["--python", "3.9"], "--python: expected CPython versions 3.10 or newer"),
         (["--id", "no-slash"], "--id: expected USER/SLUG"),
         (["--title", "tiny"], "--title: must be 6-50 characters"),
         (["--license", "WTFPL"], "--license: expected one of"),
