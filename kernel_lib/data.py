@@ -45,6 +45,7 @@ from kernel_lib.config import CELL_TYPES
 from kernel_lib.images import IMAGE_SUFFIXES, read_image
 from kernel_lib.masks import CropMasks
 from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices
+from kernel_lib.tables import read_csv
 
 XYXY_ABS = 0
 """``detectron2.structures.BoxMode.XYXY_ABS`` (an IntEnum; kept as an int to stay torch-free)."""
@@ -109,14 +110,7 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
         ValueError: the file is missing, unreadable or lacks a column.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(
-            f"train csv {path} does not exist; pass the competition folder that holds train.csv and train/"
-        )
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"train csv {path} is not a readable CSV ({err})") from None
+    df = read_csv(path, "pass the competition folder that holds train.csv and train/", what="train csv")
     missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"train csv {path}: expected columns {list(TRAIN_COLUMNS)}, missing {missing}")

@@ -41,6 +41,7 @@ from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_scores
 from kernel_lib.rle import rle_decode_crops
+from kernel_lib.tables import read_csv
 
 CACHE_VERSION = 1
 """Bumped when the cache file layout or what goes into a key changes."""
@@ -73,12 +74,7 @@ def read_truth(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, 
         ValueError: missing file or columns, or a malformed RLE (naming the image).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"truth file {path} does not exist; pass the competition's train.csv")
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "annotation": str, "cell_type": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"truth file {path} is not a readable CSV ({err})") from None
+    df = read_csv(path, "pass the competition's train.csv", what="truth file")
     missing = {"id", "annotation", "cell_type"} - set(df.columns)
     if missing:
         raise ValueError(

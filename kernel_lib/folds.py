@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kernel_lib.config import CELL_TYPES
+from kernel_lib.tables import read_csv
 
 FOLDS_COLUMNS: tuple[str, str, str] = ("id", "cell_type", "fold")
 """Columns of a folds file, in order."""
@@ -34,10 +35,9 @@ def image_cell_types(train: str | Path | pd.DataFrame) -> pd.DataFrame:
     source = "train table"
     if isinstance(train, (str, Path)):
         source = str(train)
-        path = Path(train)
-        if not path.is_file():
-            raise ValueError(f"train csv {path} does not exist; pass the competition's train.csv (id,annotation,...)")
-        df = pd.read_csv(path, usecols=lambda c: c in ("id", "cell_type"), dtype=str)
+        df = read_csv(
+            train, "pass the competition's train.csv (id,annotation,...)", "train csv", usecols=("id", "cell_type")
+        )
     else:
         df = train
     missing = {"id", "cell_type"} - set(df.columns)
@@ -113,12 +113,7 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     fix = "write one with `python -m kernel_lib folds --truth train.csv --out folds.csv`"
-    if not path.is_file():
-        raise ValueError(f"folds file {path} does not exist; {fix}")
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "cell_type": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"folds file {path} is not a readable CSV ({err}); {fix}") from None
+    df = read_csv(path, fix, what="folds file")
     missing = set(FOLDS_COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"folds file {path}: expected columns {list(FOLDS_COLUMNS)}, missing {sorted(missing)}; {fix}")

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from kernel_lib.config import IMAGE_SHAPE
 from kernel_lib.rle import parse_runs, rle_problems, runs_to_indices
+from kernel_lib.tables import read_csv_columns
 
 __all__ = ["SUBMISSION_COLUMNS", "Problem", "read_csv_columns", "validate_submission", "write_submission"]
 
@@ -87,27 +87,6 @@ def write_submission(
                 lines.append(f"{image_id},\n")
         f.writelines(lines)
     return path
-
-
-def read_csv_columns(path: str | Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
-    """Read a CSV as strings (empty cells stay ``""``) and check it has ``columns``.
-
-    Raises:
-        ValueError: the file is missing, not a CSV, or lacks a column; the message names
-            the file and ``fix``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file; {fix}")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a readable CSV ({reason}); {fix}") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}, found {list(df.columns)}; {fix}")
-    return df
 
 
 def _overlap_problems(image_id: str, rows: np.ndarray, rles: Sequence[str], shape: tuple[int, int]) -> list[Problem]:
