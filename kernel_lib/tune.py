@@ -42,6 +42,7 @@ import pandas as pd
 from kernel_lib.config import CELL_TYPES, IOU_THRESHOLDS, Config, PostprocessConfig
 from kernel_lib.ensemble import SoftInstances, paste
 from kernel_lib.masks import CropMasks
+from kernel_lib.postprocess import image_cell_type
 
 Progress = Callable[[Iterable], Iterable]
 """A wrapper that shows progress over an iterable, e.g. ``tqdm.tqdm``."""
@@ -55,12 +56,6 @@ DEFAULT_AREA_GRID: tuple[int, ...] = tuple(range(0, 301, 25))
 """Minimum areas tried (pixels): 0, 25, ..., 300."""
 DEFAULT_KEPT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(0, 10))
 """Minimum kept fractions tried: 0.0, 0.1, ..., 0.9."""
-
-
-def _image_cell_type(classes: np.ndarray) -> int:
-    from kernel_lib.postprocess import image_cell_type
-
-    return int(image_cell_type(np.asarray(classes, np.int64)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,7 +94,7 @@ class TuneImage:
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "classes", classes)
         if self.cell_type < 0:
-            object.__setattr__(self, "cell_type", _image_cell_type(classes))
+            object.__setattr__(self, "cell_type", image_cell_type(np.asarray(classes, np.int64)))
 
 
 @dataclass(frozen=True, eq=False)
