@@ -35,6 +35,7 @@ import numpy as np
 
 from kernel_lib.config import EnsembleConfig
 from kernel_lib.masks import CropMasks
+from kernel_lib.metric import instance_pixels, sparse_iou
 
 DEFAULT_MASK_SIZE = 28
 """Mask R-CNN's RoI mask resolution (M)."""
@@ -268,22 +269,13 @@ def _crop_boxes(masks: CropMasks) -> np.ndarray:
 
 
 def mask_iou_matrix(a: CropMasks, b: CropMasks) -> np.ndarray:
-    """(len(a), len(b)) float64 mask IoUs, computed only where crops overlap."""
+    """(len(a), len(b)) float64 mask IoUs (the metric's sparse IoU: only pairs that share
+    pixels are computed; the rest are 0)."""
     if a.shape != b.shape:
         raise ValueError(f"mask_iou_matrix: frames differ, {a.shape} vs {b.shape}")
-    joint = CropMasks(a.crops + b.crops, np.concatenate([a.origins, b.origins]), a.shape)
-    areas = joint.areas()
-    boxes = _crop_boxes(joint)
     out = np.zeros((len(a), len(b)))
-    for i in range(len(a)):
-        if areas[i] == 0:
-            continue
-        bb = boxes[len(a) :]
-        hit = (bb[:, 0] < boxes[i, 2]) & (bb[:, 2] > boxes[i, 0]) & (bb[:, 1] < boxes[i, 3]) & (bb[:, 3] > boxes[i, 1])
-        for j in np.flatnonzero(hit):
-            inter = _crop_intersection(joint, i, len(a) + j)
-            if inter:
-                out[i, j] = inter / (areas[i] + areas[len(a) + j] - inter)
+    t, p, iou = sparse_iou(instance_pixels(a), instance_pixels(b), a.shape[0] * a.shape[1])
+    out[t, p] = iou
     return out
 
 
