@@ -35,6 +35,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,11 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 from detectron2.utils.logger import setup_logger
 
 from kernel_lib.config import CELL_TYPES, Config
-from kernel_lib.d2config import ARCHS, sartorius_config
-from kernel_lib.data import TrainingData, load_dataset_dicts
+from kernel_lib.d2config import ARCHS, sartorius_config, zoo_config_file
+from kernel_lib.data import TrainingData, load_dataset_dicts, record_masks
 from kernel_lib.folds import read_folds
 from kernel_lib.images import read_image, to_model_input
+from kernel_lib.masks import CropMasks
 
 logger = logging.getLogger("kernel_lib.train")
 
@@ -121,6 +123,9 @@ class TrainOptions:
         device: "cpu" or "cuda" ("auto" picks CUDA when available).
         num_gpus: processes (one per GPU) started by detectron2's launcher.
         amp: mixed precision (only on CUDA).
+        bf16: bfloat16 autocast on the CPU; ``None`` turns it on where the CPU runs
+            bfloat16 natively (:func:`kernel_lib.model.fast_cpu_bf16`: AMX or
+            AVX512-BF16), where it halves the time of an iteration.
         min_sizes: short-edge sizes the resize picks from (scale jitter); () keeps the
             base config's ``INPUT.MIN_SIZE_TRAIN``.
         max_size: longest edge after the resize; 0 keeps the base config's.
@@ -159,6 +164,7 @@ class TrainOptions:
     device: str = "auto"
     num_gpus: int = 1
     amp: bool = True
+    bf16: bool | None = None
     min_sizes: tuple[int, ...] = ()
     max_size: int = 0
     test_size: int = 0
@@ -207,6 +213,14 @@ class TrainOptions:
     @property
     def fold_dir(self) -> Path:
         return Path(self.out_dir) / self.fold_name
+
+    def resolved_bf16(self, device: str) -> bool:
+        """Whether the run uses bfloat16 autocast (CPU only)."""
+        from kernel_lib.model import fast_cpu_bf16
+
+        if device != "cpu":
+            return False
+        return fast_cpu_bf16() if self.bf16 is None else bool(self.bf16)
 
     def resolved_device(self) -> str:
         """ "cpu" or "cuda"; raises ``ValueError`` for cuda without a CUDA device."""
@@ -342,6 +356,255 @@ class SartoriusMapper:
         return record
 
 
+class CropFirstMapper:
+    """Dataset dict -> model input for random-crop training, touching only the crop's pixels.
+
+    Same augmentation as :class:`SartoriusMapper` with ``crop`` > 0 (resize to a random
+    short edge of ``min_sizes``, at most ``max_size`` long; a random ``crop`` x ``crop``
+    window; flips, 90-degree turns, brightness, contrast), computed in the other order:
+    the window is mapped back onto the original image and only that region of the image
+    and of the instances that reach it is resampled (bilinear for the image, nearest for
+    the masks). Each image's masks are decoded once per worker and kept as
+    :class:`~kernel_lib.masks.CropMasks`, so an iteration never builds a full-frame mask.
+    The region's integer bounds make the scale exact to within one original pixel per
+    window side.
+    """
+
+    def __init__(self, min_sizes: tuple[int, ...], max_size: int, augment: AugmentSettings) -> None:
+        if augment.crop <= 0:
+            raise ValueError(f"CropFirstMapper: expected a crop side > 0, got {augment.crop}")
+        if not min_sizes:
+            raise ValueError("CropFirstMapper: expected at least one short-edge size")
+        self.min_sizes = tuple(int(s) for s in min_sizes)
+        self.max_size = int(max_size)
+        self.augment = augment
+        self._cache: dict[str, tuple[np.ndarray, CropMasks, np.ndarray]] = {}
+
+    def _load(self, record: dict[str, Any]) -> tuple[np.ndarray, CropMasks, np.ndarray]:
+        key = str(record["file_name"])
+        if key not in self._cache:
+            classes = np.array([a["category_id"] for a in record["annotations"]], np.int64)
+            self._cache[key] = (read_image(key), record_masks(record), classes)
+        return self._cache[key]
+
+    def _window(self, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """Random (y0, y1, x0, x1) of the original image and the output side."""
+        size = self.min_sizes[np.random.randint(len(self.min_sizes))]
+        scale = size / min(height, width)
+        if self.max_size and max(height, width) * scale > self.max_size:
+            scale = self.max_size / max(height, width)
+        new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
+        side = min(self.augment.crop, new_h, new_w)
+        top = np.random.randint(new_h - side + 1) / scale
+        left = np.random.randint(new_w - side + 1) / scale
+        y0, x0 = int(np.floor(top)), int(np.floor(left))
+        y1 = min(height, max(y0 + 1, int(np.ceil(top + side / scale))))
+        x1 = min(width, max(x0 + 1, int(np.ceil(left + side / scale))))
+        return y0, y1, x0, x1, side
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        from detectron2.structures import BitMasks, Boxes, Instances
+        from PIL import Image
+
+        grey, masks, classes = self._load(record)
+        y0, y1, x0, x1, side = self._window(*grey.shape)
+        image = np.asarray(Image.fromarray(grey[y0:y1, x0:x1]).resize((side, side), Image.BILINEAR))
+        stack, keep = _window_masks(masks, y0, y1, x0, x1, side)
+        image, stack = self._flip_and_turn(image, stack)
+        image = _brightness_contrast(image, self.augment)
+        areas = stack.any(axis=(1, 2))
+        stack, keep = stack[areas], keep[areas]
+        instances = Instances((side, side))
+        instances.gt_masks = BitMasks(torch.from_numpy(np.ascontiguousarray(stack)))
+        instances.gt_boxes = Boxes(instances.gt_masks.get_bounding_boxes().tensor)
+        instances.gt_classes = torch.from_numpy(classes[keep])
+        out = {k: v for k, v in record.items() if k != "annotations"}
+        out["instances"] = instances
+        out["image"] = torch.from_numpy(np.ascontiguousarray(to_model_input(image).transpose(2, 0, 1)))
+        out["height"], out["width"] = side, side
+        return out
+
+    def _flip_and_turn(self, image: np.ndarray, stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.augment.hflip and np.random.rand() < 0.5:
+            image, stack = image[:, ::-1], stack[:, :, ::-1]
+        if self.augment.vflip and np.random.rand() < 0.5:
+            image, stack = image[::-1], stack[:, ::-1]
+        if self.augment.rot90:
+            k = int(np.random.randint(4))
+            image, stack = np.rot90(image, k, axes=(0, 1)), np.rot90(stack, k, axes=(1, 2))
+        return image, stack
+
+
+def _window_masks(masks: CropMasks, y0: int, y1: int, x0: int, x1: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The instances reaching the window [y0, y1) x [x0, x1), resized (nearest) to side x side.
+
+    Returns:
+        (K, side, side) bool stack and the (K,) int64 indices of those instances.
+    """
+    heights = np.array([c.shape[0] for c in masks.crops], np.int64).reshape(-1)
+    widths = np.array([c.shape[1] for c in masks.crops], np.int64).reshape(-1)
+    oy, ox = masks.origins[:, 0], masks.origins[:, 1]
+    keep = np.flatnonzero((oy < y1) & (oy + heights > y0) & (ox < x1) & (ox + widths > x0))
+    rows = y0 + ((np.arange(side) + 0.5) * (y1 - y0) / side).astype(np.int64)
+    cols = x0 + ((np.arange(side) + 0.5) * (x1 - x0) / side).astype(np.int64)
+    stack = np.zeros((len(keep), side, side), bool)
+    for j, i in enumerate(keep):
+        crop, (cy, cx) = masks.crops[i], masks.origins[i]
+        r = rows - cy
+        c = cols - cx
+        r_in = np.flatnonzero((r >= 0) & (r < crop.shape[0]))
+        c_in = np.flatnonzero((c >= 0) & (c < crop.shape[1]))
+        if r_in.size and c_in.size:
+            stack[j, r_in[0] : r_in[-1] + 1, c_in[0] : c_in[-1] + 1] = crop[np.ix_(r[r_in], c[c_in])]
+    return stack, keep
+
+
+def _brightness_contrast(image: np.ndarray, augment: AugmentSettings) -> np.ndarray:
+    """detectron2's RandomBrightness then RandomContrast on a uint8 grey image."""
+    out = image.astype(np.float32)
+    if augment.brightness != (1.0, 1.0):
+        out = out * np.random.uniform(*augment.brightness)
+    if augment.contrast != (1.0, 1.0):
+        w = np.random.uniform(*augment.contrast)
+        out = (1 - w) * out.mean() + w * out
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def build_mapper(cfg: CfgNode, augment: AugmentSettings) -> CropFirstMapper | SartoriusMapper:
+    """:class:`CropFirstMapper` for crop training with a choice of short edges, else
+    :class:`SartoriusMapper` (whole images, or a short edge drawn from a range)."""
+    if augment.crop and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and cfg.INPUT.FORMAT in ("BGR", "RGB"):
+        return CropFirstMapper(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, augment)
+    return SartoriusMapper(build_augmentations(cfg, augment), cfg.INPUT.FORMAT)
+
+
+# -------------------------------------------------------------------------- fast RoIAlign
+
+
+class _SparseGather(torch.autograd.Function):
+    """``out = S @ x`` with a fixed sparse ``S``; the gradient is ``S^T @ grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, s: torch.Tensor, s_t: torch.Tensor) -> torch.Tensor:
+        ctx.s_t = s_t
+        with torch.autocast("cpu", enabled=False):  # no bfloat16 sparse kernel
+            return torch.sparse.mm(s, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        with torch.autocast("cpu", enabled=False):
+            return torch.sparse.mm(ctx.s_t, grad.float().contiguous()), None, None
+
+
+def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=shape[0])
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        return torch.sparse_csr_tensor(crow, cols[order], values[order], shape)
+
+
+def _bilinear_corners(v: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+    """torchvision's ``bilinear_interpolate`` along one axis: low/high index, their weights."""
+    inside = ((v >= -1.0) & (v <= size)).float()
+    v = v.clamp(min=0)
+    low = v.floor().long()
+    edge = low >= size - 1
+    low = torch.where(edge, torch.full_like(low, size - 1), low)
+    high = torch.where(edge, low, low + 1)
+    frac = torch.where(edge, torch.zeros_like(v), v - low.float())
+    return low, high, (1 - frac) * inside, frac * inside
+
+
+def sparse_roi_align(
+    features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int
+) -> torch.Tensor:
+    """``torchvision.ops.roi_align(..., aligned=True)`` with a fixed ``sampling_ratio`` > 0,
+    as one sparse matrix product.
+
+    Every output bin is a fixed weighted sum of at most 4 x ratio^2 feature pixels, so
+    the whole op is ``S @ features`` (S: bins x pixels, sparse); the backward pass is
+    ``S^T @ grad``, a multi-threaded sparse product where torchvision's CPU kernel
+    scatters one value at a time (3.3x faster forward + backward on 512 RoIs here).
+
+    Args:
+        features: (N, C, H, W) float feature map.
+        rois: (R, 5) float boxes (batch index, x0, y0, x1, y1) in image coordinates.
+        output_size: (ph, pw) bins.
+        spatial_scale: feature pixels per image pixel.
+        sampling_ratio: samples per bin side (> 0).
+
+    Returns:
+        (R, C, ph, pw) in ``features``' dtype.
+    """
+    ph, pw = output_size
+    ratio = int(sampling_ratio)
+    n, c, h, w = features.shape
+    r = rois.shape[0]
+    if r == 0:
+        return features.new_zeros((0, c, ph, pw))
+    rois = rois.detach().float()
+    x0, y0 = rois[:, 1] * spatial_scale - 0.5, rois[:, 2] * spatial_scale - 0.5
+    bin_w = (rois[:, 3] * spatial_scale - 0.5 - x0) / pw
+    bin_h = (rois[:, 4] * spatial_scale - 0.5 - y0) / ph
+    steps_y = (torch.arange(ph * ratio, dtype=torch.float32) + 0.5) / ratio
+    steps_x = (torch.arange(pw * ratio, dtype=torch.float32) + 0.5) / ratio
+    ys = _bilinear_corners(y0[:, None] + steps_y[None] * bin_h[:, None], h)  # each (R, ph*ratio)
+    xs = _bilinear_corners(x0[:, None] + steps_x[None] * bin_w[:, None], w)
+    bins_y = (torch.arange(ph * ratio) // ratio)[None, :, None]
+    bins_x = (torch.arange(pw * ratio) // ratio)[None, None, :]
+    out_rows = (torch.arange(r)[:, None, None] * (ph * pw) + bins_y * pw + bins_x).expand(r, ph * ratio, pw * ratio)
+    base = (rois[:, 0].long() * (h * w))[:, None, None]
+    cols, values = [], []
+    for y_index, y_weight in ((ys[0], ys[2]), (ys[1], ys[3])):
+        for x_index, x_weight in ((xs[0], xs[2]), (xs[1], xs[3])):
+            cols.append(base + y_index[:, :, None] * w + x_index[:, None, :])
+            values.append(y_weight[:, :, None] * x_weight[:, None, :] / (ratio * ratio))
+    rows = out_rows.unsqueeze(0).expand(4, *out_rows.shape).reshape(-1)
+    col = torch.stack(cols).reshape(-1)
+    val = torch.stack(values).reshape(-1)
+    s = _csr(rows, col, val, (r * ph * pw, n * h * w))
+    s_t = _csr(col, rows, val, (n * h * w, r * ph * pw))
+    flat = features.permute(0, 2, 3, 1).reshape(n * h * w, c).float()
+    out = _SparseGather.apply(flat, s, s_t)
+    return out.reshape(r, ph, pw, c).permute(0, 3, 1, 2).to(features.dtype)
+
+
+class SparseROIAlign(torch.nn.Module):
+    """Drop-in for one level of detectron2's ``ROIAlign`` (aligned, fixed sampling ratio)."""
+
+    def __init__(self, output_size: tuple[int, int], spatial_scale: float, sampling_ratio: int) -> None:
+        super().__init__()
+        self.output_size = tuple(output_size)
+        self.spatial_scale = float(spatial_scale)
+        self.sampling_ratio = int(sampling_ratio)
+
+    def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return sparse_roi_align(features, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
+
+
+def use_sparse_roi_align(model: torch.nn.Module) -> int:
+    """Swap every aligned, fixed-ratio RoIAlign level of ``model``'s poolers for
+    :class:`SparseROIAlign` (same outputs, faster backward on the CPU).
+
+    Returns:
+        The number of levels swapped (0 when the model's poolers do not qualify).
+    """
+    swapped = 0
+    for module in _unwrap(model).modules():
+        levels = getattr(module, "level_poolers", None)
+        if not isinstance(levels, torch.nn.ModuleList):
+            continue
+        for i, level in enumerate(levels):
+            ratio = getattr(level, "sampling_ratio", 0)
+            if type(level).__name__ == "ROIAlign" and getattr(level, "aligned", False) and ratio > 0:
+                size = level.output_size if isinstance(level.output_size, tuple) else (level.output_size,) * 2
+                levels[i] = SparseROIAlign(size, level.spatial_scale, ratio)
+                swapped += 1
+    return swapped
+
+
 # -------------------------------------------------------------------------------- config
 
 
@@ -359,11 +622,9 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
         cfg = get_cfg()
         path = Path(opts.base_config)
         if not path.is_file():
-            from detectron2 import model_zoo
-
             try:
-                path = Path(model_zoo.get_config_file(opts.base_config))
-            except RuntimeError:
+                path = zoo_config_file(opts.base_config)
+            except ValueError:
                 raise ValueError(
                     f"--config {opts.base_config}: no such file and not a detectron2 model-zoo config name"
                 ) from None
@@ -500,10 +761,18 @@ def inference_config(cfg: CfgNode) -> CfgNode:
     return out
 
 
-def write_model_folder(folder: Path, cfg: CfgNode, model: torch.nn.Module, meta: dict[str, Any] | None) -> None:
-    """Write ``config.yaml`` + ``model_final.pth`` (+ ``meta.json``) into ``folder``."""
+def write_model_folder(
+    folder: Path, cfg: CfgNode, model: torch.nn.Module, meta: dict[str, Any] | None, half: bool = True
+) -> None:
+    """Write ``config.yaml`` + ``model_final.pth`` (+ ``meta.json``) into ``folder``.
+
+    ``half`` stores floating-point weights as float16 (half the file; loading copies
+    them into the float32 model, see :func:`kernel_lib.model.load_fold_model`).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     torch.save({"model": state}, folder / "model_final.pth.tmp")
     os.replace(folder / "model_final.pth.tmp", folder / "model_final.pth")
     (folder / "config.yaml").write_text(inference_config(cfg).dump())
@@ -515,11 +784,21 @@ class _FoldTrainer(DefaultTrainer):
     """DefaultTrainer on an in-memory dataset with the Sartorius mapper, a JSON loss log
     (no TensorBoard) and held-out scoring as its evaluation."""
 
-    def __init__(self, cfg: CfgNode, dataset: list[dict[str, Any]], mapper: SartoriusMapper, evaluate: Any) -> None:
+    def __init__(
+        self, cfg: CfgNode, dataset: list[dict[str, Any]], mapper: Any, evaluate: Any, bf16: bool = False
+    ) -> None:
         self._dataset = dataset
         self._mapper = mapper
         self._evaluate = evaluate
+        self._bf16 = bf16
         super().__init__(cfg)
+        if cfg.MODEL.DEVICE == "cpu":
+            logger.info("RoIAlign: %d pooler levels on the sparse CPU kernel", use_sparse_roi_align(self.model))
+
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
+            self._trainer.run_step()
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -625,7 +904,8 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
 
     cfg = build_config(opts, device)
     cfg.freeze()
-    mapper = SartoriusMapper(build_augmentations(cfg, opts.augment), cfg.INPUT.FORMAT)
+    mapper = build_mapper(cfg, opts.augment)
+    bf16 = opts.resolved_bf16(device)
     config = _eval_config(opts, device)
 
     trainer: _FoldTrainer | None = None
@@ -637,7 +917,7 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         logger.info("iteration %d: held-out score %.4f", trainer.iter + 1, result.score)
         return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
 
-    trainer = _FoldTrainer(cfg, train.dicts, mapper, periodic_eval)
+    trainer = _FoldTrainer(cfg, train.dicts, mapper, periodic_eval, bf16=bf16)
     trainer.resume_or_load(resume=opts.resume)
     start = time.perf_counter()
     first_iter = trainer.start_iter
@@ -667,6 +947,8 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         "device": device,
         "num_gpus": opts.num_gpus,
         "amp": bool(cfg.SOLVER.AMP.ENABLED),
+        "bf16": bf16,
+        "mapper": type(mapper).__name__,
         "min_size_train": list(cfg.INPUT.MIN_SIZE_TRAIN),
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "augment": dataclasses.asdict(opts.augment),

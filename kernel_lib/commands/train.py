@@ -44,7 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="models folder; the fold lands in OUT/fold<K>/")
     parser.add_argument("--name", default="", help="fold folder name (default fold<K>; one fold only)")
     parser.add_argument("--config", default="", help="detectron2 config file or model-zoo name (default: --arch)")
-    parser.add_argument("--arch", default="R50", help="kernel_lib.d2config architecture: R50, R101, X101, cascade")
+    parser.add_argument(
+        "--arch",
+        default="R50",
+        help="kernel_lib.d2config architecture: R50, R101, X101, cascade, or R50-narrow (6 M parameters, from scratch)",
+    )
     parser.add_argument("--init-weights", default="", help="local .pth/.pkl to start from (default: from scratch)")
     parser.add_argument("--iters", type=int, default=3000, help="training iterations (default 3000)")
     parser.add_argument("--batch", type=int, default=2, help="images per iteration over all GPUs (default 2)")
@@ -52,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs (processes, detectron2 launch; default 1)")
     parser.add_argument("--no-amp", action="store_true", help="full precision on CUDA (default: mixed precision)")
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="float32 on the CPU (default: bfloat16 autocast where the CPU has AMX or AVX512-BF16)",
+    )
     parser.add_argument(
         "--min-sizes", type=_sizes, default=(), help="short-edge sizes for scale jitter, e.g. 640,704,800"
     )
@@ -117,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             num_gpus=args.num_gpus,
             amp=not args.no_amp,
+            bf16=False if args.no_bf16 else None,
             min_sizes=args.min_sizes,
             max_size=args.max_size,
             test_size=args.test_size,
