@@ -80,7 +80,10 @@ class PostprocessConfig:
             raise ValueError(f"mask_threshold: expected a value in (0, 1), got {self.mask_threshold!r}")
 
 
-EnsembleMethod = Literal["roi", "wmf", "mask_nms"]
+EnsembleMethod = Literal["roi", "wmf", "mask_nms", "vote", "nmw"]
+ENSEMBLE_METHODS: tuple[str, ...] = ("roi", "wmf", "mask_nms", "vote", "nmw")
+"""``EnsembleConfig.method`` values: "roi" fuses inside the models' RoI heads
+(``kernel_lib.model``); the others fuse finished instances (``kernel_lib.ensemble.FUSION_METHODS``)."""
 TTA_NAMES: tuple[str, ...] = ("identity", "hflip", "vflip", "hvflip")
 
 
@@ -91,15 +94,21 @@ class EnsembleConfig:
     Attributes:
         method: "roi" (union of every view's boxes, box NMS, every model's mask head on
             the merged boxes, soft masks averaged), "wmf" (instance-level weighted mask
-            fusion of clusters matched by mask IoU) or "mask_nms" (the simple baseline).
+            fusion of clusters matched by mask IoU), "mask_nms" (the simple baseline),
+            "vote" (a cluster's best instance, kept as it is, when enough models agree on
+            it: the top-1% seed's IoU screening) or "nmw" (non-maximum weighted, as
+            ensemble_boxes defines it: box clusters, box and mask averaged with weights
+            score x IoU with the best box, the best's score and class).
         tta: views to run, names from :data:`TTA_NAMES`; "identity" is the plain image.
         scales: extra rescale factors (1.0 = none), each in [0.5, 2.0].
         box_nms_iou: IoU above which merged boxes are suppressed ("roi"); range (0, 1].
-        cluster_iou: mask IoU above which two instances join a cluster ("wmf") or the
-            lower-scored one is suppressed ("mask_nms"); range (0, 1].
+        cluster_iou: mask IoU above which two instances join a cluster ("wmf", "vote"),
+            the lower-scored one is suppressed ("mask_nms"), or box IoU above which a box
+            joins a cluster ("nmw"); range (0, 1].
         min_votes: "wmf": a cluster needs instances from at least this fraction of the
             views (models x TTA) to be kept; its score is multiplied by the fraction of
-            views that agree (capped at 1); range [0, 1].
+            views that agree (capped at 1). "vote": the fraction of the models (by
+            weight) with an instance in the cluster, in any view; range [0, 1].
         candidate_score: detections below this score are not passed on by the models
             (detectron2 SCORE_THRESH_TEST); range [0, 1]. Keep it at or below the lowest
             per-type score threshold.
@@ -117,8 +126,8 @@ class EnsembleConfig:
     detections_per_image: int = 1000
 
     def __post_init__(self) -> None:
-        if self.method not in ("roi", "wmf", "mask_nms"):
-            raise ValueError(f"method: expected one of roi, wmf, mask_nms, got {self.method!r}")
+        if self.method not in ENSEMBLE_METHODS:
+            raise ValueError(f"method: expected one of {', '.join(ENSEMBLE_METHODS)}, got {self.method!r}")
         if not self.tta:
             raise ValueError("tta: expected at least one view, e.g. ('identity',), got none")
         for name in self.tta:

@@ -28,12 +28,12 @@ exactly what detectron2's ``paste_masks_in_image`` (``grid_sample``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from kernel_lib.config import EnsembleConfig
+from kernel_lib.config import ENSEMBLE_METHODS, EnsembleConfig
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import instance_pixels, sparse_iou
 
@@ -339,6 +339,45 @@ def mask_nms(inst: SoftInstances, iou_threshold: float, mask_threshold: float, m
     return np.asarray(matcher.reps, dtype=np.int64)
 
 
+def _mask_clusters(
+    allin: SoftInstances, view_of: np.ndarray, iou_threshold: float, mask_threshold: float
+) -> list[list[int]]:
+    """Greedy clusters by mask IoU, at most one instance of each view per cluster.
+
+    In descending score order each instance joins the cluster whose representative (its
+    first, highest-scored member) has the highest mask IoU above ``iou_threshold`` and no
+    member of the same view yet; otherwise it starts one. Instances with an empty hard
+    mask start none.
+
+    Returns:
+        Each cluster's member indices into ``allin``, representative first.
+    """
+    order = np.argsort(-allin.scores, kind="stable")
+    matcher = _GreedyMatcher(paste(allin, mask_threshold))
+    members: list[list[int]] = []
+    views_in: list[set[int]] = []
+    for i in order:
+        i = int(i)
+        hit, ious = matcher.ious(i)
+        best = -1
+        for pos in np.argsort(-ious, kind="stable"):
+            if ious[pos] <= iou_threshold:
+                break
+            if view_of[i] not in views_in[hit[pos]]:
+                best = int(hit[pos])
+                break
+        if best < 0:
+            if matcher.areas[i] == 0:
+                continue
+            matcher.add(i)
+            members.append([i])
+            views_in.append({int(view_of[i])})
+        else:
+            members[best].append(i)
+            views_in[best].add(int(view_of[i]))
+    return members
+
+
 def weighted_mask_fusion(
     views: Sequence[SoftInstances],
     weights: Sequence[float] | None,
@@ -376,40 +415,14 @@ def weighted_mask_fusion(
     Returns:
         The fused instances, by descending score.
     """
-    if not views:
-        raise ValueError("weighted_mask_fusion: expected at least one view, got none")
-    w = np.ones(len(views)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(views),) or (w <= 0).any():
-        raise ValueError(f"weighted_mask_fusion: expected {len(views)} positive weights, got {weights!r}")
+    w = _view_weights(views, weights, "weighted_mask_fusion")
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"weighted_mask_fusion: expected iou_threshold in (0, 1], got {iou_threshold!r}")
     allin = SoftInstances.concatenate(views)
     if len(allin) == 0:
         return SoftInstances.empty(allin.shape, allin.mask_size)
     view_of = np.concatenate([np.full(len(v), k) for k, v in enumerate(views)])
-    order = np.argsort(-allin.scores, kind="stable")
-    matcher = _GreedyMatcher(paste(allin, mask_threshold))
-    members: list[list[int]] = []
-    views_in: list[set[int]] = []
-    for i in order:
-        i = int(i)
-        hit, ious = matcher.ious(i)
-        best = -1
-        for pos in np.argsort(-ious, kind="stable"):
-            if ious[pos] <= iou_threshold:
-                break
-            if view_of[i] not in views_in[hit[pos]]:
-                best = int(hit[pos])
-                break
-        if best < 0:
-            if matcher.areas[i] == 0:
-                continue
-            matcher.add(i)
-            members.append([i])
-            views_in.append({int(view_of[i])})
-        else:
-            members[best].append(i)
-            views_in[best].add(int(view_of[i]))
+    members = _mask_clusters(allin, view_of, iou_threshold, mask_threshold)
     total = w.sum()
     boxes, scores, classes, masks = [], [], [], []
     for group in members:
@@ -435,29 +448,225 @@ def weighted_mask_fusion(
     return out.subset(keep)
 
 
+def vote_screen(
+    views: Sequence[SoftInstances],
+    model_of: Sequence[int],
+    weights: Sequence[float] | None,
+    iou_threshold: float,
+    min_votes: float,
+    mask_threshold: float,
+    max_instances: int,
+) -> SoftInstances:
+    """Keep an instance only when enough models agree on it (IoU screening).
+
+    Instances of all views are clustered as in :func:`weighted_mask_fusion` (mask IoU
+    above ``iou_threshold``, one instance per view per cluster). A cluster is kept when
+    the models with a member in it, in any of their views, carry at least ``min_votes``
+    of the total model weight; it becomes its representative (highest-scored member)
+    unchanged: box, mask, score and class. With 3 equal models and ``min_votes`` 0.6, a
+    cell needs 2 of the 3.
+
+    Args:
+        views: one :class:`SoftInstances` per (model, view).
+        model_of: the model index of each view.
+        weights: one weight per view (its model's), or None for equal weights.
+        iou_threshold: mask IoU in (0, 1] to join a cluster.
+        min_votes: the fraction of model weight in [0, 1] a cluster needs.
+        mask_threshold: probability threshold of the hard masks compared.
+        max_instances: keep at most this many (highest scores).
+
+    Returns:
+        The kept instances, by descending score.
+    """
+    if len(model_of) != len(views):
+        raise ValueError(f"vote_screen: expected one model index per view ({len(views)}), got {len(model_of)}")
+    w = _view_weights(views, weights, "vote_screen")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"vote_screen: expected iou_threshold in (0, 1], got {iou_threshold!r}")
+    allin = SoftInstances.concatenate(views)
+    if len(allin) == 0:
+        return SoftInstances.empty(allin.shape, allin.mask_size)
+    model_of = np.asarray(model_of, dtype=np.int64)
+    view_of = np.concatenate([np.full(len(v), k) for k, v in enumerate(views)])
+    model_weight = {int(m): float(w[k]) for k, m in enumerate(model_of)}
+    total = sum(model_weight.values())
+    kept = []
+    for group in _mask_clusters(allin, view_of, iou_threshold, mask_threshold):
+        models = {int(model_of[view_of[i]]) for i in group}
+        if sum(model_weight[m] for m in models) / total + 1e-9 >= min_votes:
+            kept.append(group[0])
+    out = allin.subset(np.asarray(kept, dtype=np.int64))
+    return out.subset(np.argsort(-out.scores, kind="stable")[:max_instances])
+
+
+def _view_weights(views: Sequence[SoftInstances], weights: Sequence[float] | None, who: str) -> np.ndarray:
+    w = np.ones(len(views)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if not views:
+        raise ValueError(f"{who}: expected at least one view, got none")
+    if w.shape != (len(views),) or (w <= 0).any():
+        raise ValueError(f"{who}: expected {len(views)} positive weights, got {weights!r}")
+    return w
+
+
+def box_iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(K,) IoU of one xyxy box (4,) with (K, 4) boxes; 0 where both are empty."""
+    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def non_maximum_weighted(
+    views: Sequence[SoftInstances], weights: Sequence[float] | None, iou_threshold: float, max_instances: int
+) -> SoftInstances:
+    """Non-maximum weighted fusion (ensemble_boxes' ``non_maximum_weighted``), with masks.
+
+    Scores are multiplied by their view's weight / the largest weight. In descending
+    (weighted) score order, the best unassigned instance takes every unassigned
+    instance whose box IoU with it exceeds ``iou_threshold`` (itself included, IoU 1).
+    The cluster becomes one instance: box = sum(box_i * s_i * iou_i) / sum(s_i * iou_i);
+    soft mask = the members' masks resampled onto that box, averaged with the same
+    weights; score and class = the best's.
+
+    Args:
+        views: one :class:`SoftInstances` per (model, view).
+        weights: one weight per view, or None for equal weights.
+        iou_threshold: box IoU in (0, 1] to join a cluster.
+        max_instances: keep at most this many clusters (highest scores).
+
+    Returns:
+        The fused instances, by descending score.
+    """
+    w = _view_weights(views, weights, "non_maximum_weighted")
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"non_maximum_weighted: expected iou_threshold in (0, 1], got {iou_threshold!r}")
+    allin = SoftInstances.concatenate(views)
+    if len(allin) == 0:
+        return SoftInstances.empty(allin.shape, allin.mask_size)
+    view_w = np.concatenate([np.full(len(v), w[k] / w.max()) for k, v in enumerate(views)])
+    scores = allin.scores.astype(np.float64) * view_w
+    boxes64 = allin.boxes.astype(np.float64)
+    free = np.ones(len(allin), bool)
+    out_boxes, out_scores, out_classes, out_masks = [], [], [], []
+    for best in np.argsort(-scores, kind="stable"):
+        if len(out_boxes) >= max_instances:
+            break
+        if not free[best]:
+            continue
+        cand = np.flatnonzero(free)
+        ious = box_iou_one(boxes64[best], boxes64[cand])
+        inside = ious > iou_threshold
+        members, member_iou = cand[inside], ious[inside]
+        member_iou[members == best] = 1.0
+        if best not in members:  # an empty box: IoU 0 with itself
+            members, member_iou = np.append(members, best), np.append(member_iou, 1.0)
+        free[members] = False
+        mw = scores[members] * member_iou
+        mw = mw / mw.sum() if mw.sum() > 0 else np.full(len(members), 1.0 / len(members))
+        box = (boxes64[members] * mw[:, None]).sum(0)
+        resampled = resample_to_boxes(allin.subset(members), np.repeat(box[None].astype(np.float32), len(members), 0))
+        out_boxes.append(box)
+        out_scores.append(scores[best])
+        out_classes.append(int(allin.classes[best]))
+        out_masks.append(np.tensordot(mw, resampled, axes=1))
+    return SoftInstances(
+        np.stack(out_boxes), np.asarray(out_scores), np.asarray(out_classes), np.stack(out_masks), allin.shape
+    )
+
+
+FusionMethod = Callable[
+    [Sequence[SoftInstances], Sequence[float] | None, Sequence[int], EnsembleConfig, float], SoftInstances
+]
+"""One instance-level ensemble method: (views, per-view weights or None, per-view model
+index, ensemble config, mask threshold) -> fused instances."""
+
+
+def _fuse_wmf(
+    views: Sequence[SoftInstances],
+    weights: Sequence[float] | None,
+    model_of: Sequence[int],
+    cfg: EnsembleConfig,
+    mask_threshold: float,
+) -> SoftInstances:
+    return weighted_mask_fusion(
+        views, weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
+    )
+
+
+def _fuse_mask_nms(
+    views: Sequence[SoftInstances],
+    weights: Sequence[float] | None,
+    model_of: Sequence[int],
+    cfg: EnsembleConfig,
+    mask_threshold: float,
+) -> SoftInstances:
+    allin = SoftInstances.concatenate(views)
+    return allin.subset(mask_nms(allin, cfg.cluster_iou, mask_threshold, cfg.detections_per_image))
+
+
+def _fuse_vote(
+    views: Sequence[SoftInstances],
+    weights: Sequence[float] | None,
+    model_of: Sequence[int],
+    cfg: EnsembleConfig,
+    mask_threshold: float,
+) -> SoftInstances:
+    return vote_screen(
+        views, model_of, weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
+    )
+
+
+def _fuse_nmw(
+    views: Sequence[SoftInstances],
+    weights: Sequence[float] | None,
+    model_of: Sequence[int],
+    cfg: EnsembleConfig,
+    mask_threshold: float,
+) -> SoftInstances:
+    return non_maximum_weighted(views, weights, cfg.cluster_iou, cfg.detections_per_image)
+
+
+FUSION_METHODS: dict[str, FusionMethod] = {
+    "wmf": _fuse_wmf,
+    "mask_nms": _fuse_mask_nms,
+    "vote": _fuse_vote,
+    "nmw": _fuse_nmw,
+}
+"""The instance-level methods of ``EnsembleConfig.method`` ("roi" fuses in ``kernel_lib.model``)."""
+if set(FUSION_METHODS) | {"roi"} != set(ENSEMBLE_METHODS):
+    raise ImportError(f"ensemble: FUSION_METHODS {sorted(FUSION_METHODS)} do not match config {ENSEMBLE_METHODS}")
+
+
 def fuse_views(
     views: Sequence[SoftInstances],
     weights: Sequence[float] | None,
     cfg: EnsembleConfig,
     mask_threshold: float,
+    model_of: Sequence[int] | None = None,
 ) -> SoftInstances:
     """Combine per-view instances with the instance-level method named in ``cfg.method``.
 
     Args:
         views: one :class:`SoftInstances` per (model, view), mapped to the frame.
         weights: one weight per view (the model's), or None for equal weights.
-        cfg: ``method`` ("wmf" or "mask_nms"), ``cluster_iou``, ``min_votes``,
-            ``detections_per_image``.
+        cfg: ``method`` (a key of :data:`FUSION_METHODS`), ``cluster_iou``,
+            ``min_votes``, ``detections_per_image``.
         mask_threshold: probability threshold of the hard masks compared.
+        model_of: the model index of each view ("vote" counts models); None: each view
+            is its own model.
 
     Raises:
         ValueError: ``cfg.method`` is "roi" (fused inside the model module) or no view.
     """
-    if cfg.method == "wmf":
-        return weighted_mask_fusion(
-            views, weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
+    method = FUSION_METHODS.get(cfg.method)
+    if method is None:
+        raise ValueError(
+            f"fuse_views: expected method {', '.join(FUSION_METHODS)}, got {cfg.method!r} "
+            "(roi fuses in kernel_lib.model)"
         )
-    if cfg.method == "mask_nms":
-        allin = SoftInstances.concatenate(views)
-        return allin.subset(mask_nms(allin, cfg.cluster_iou, mask_threshold, cfg.detections_per_image))
-    raise ValueError(f"fuse_views: expected method wmf or mask_nms, got {cfg.method!r} (roi fuses in kernel_lib.model)")
+    if not views:
+        raise ValueError("fuse_views: expected at least one view, got none")
+    return method(views, weights, list(range(len(views))) if model_of is None else model_of, cfg, mask_threshold)

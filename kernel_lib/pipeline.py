@@ -102,7 +102,9 @@ def fuse_outputs(out: ViewOutputs, config: Config) -> SoftInstances:
     per-view instances combined by :func:`kernel_lib.ensemble.fuse_views` (numpy)."""
     if out.fused is not None:
         return out.fused
-    return fuse_views(out.views, out.weights, config.ensemble, config.postprocess.mask_threshold)
+    models = [name.split("/", 1)[0] for name in out.names]
+    model_of = [sorted(set(models)).index(m) for m in models]
+    return fuse_views(out.views, out.weights, config.ensemble, config.postprocess.mask_threshold, model_of)
 
 
 def finalize(inst: SoftInstances, grey_shape: tuple[int, int], pp: PostprocessConfig) -> Postprocessed:

@@ -46,7 +46,7 @@ def test_partial_file_fills_defaults(tmp_path: Path) -> None:
     [
         ({"postprocess": {"score_threshold": [0.1, 0.2]}}, "expected 3 values"),
         ({"postprocess": {"score_threshold": [0.1, 0.2, 1.5]}}, r"score_threshold\[cort\]"),
-        ({"ensemble": {"method": "vote"}}, "expected one of roi, wmf, mask_nms"),
+        ({"ensemble": {"method": "average"}}, "expected one of roi, wmf, mask_nms, vote, nmw"),
         ({"ensemble": {"tta": ["rot45"]}}, "tta"),
         ({"postprocess": {"colour": 1}}, "unknown key"),
         ({"extras": {}}, "unknown section"),

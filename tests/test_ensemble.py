@@ -11,9 +11,11 @@ from kernel_lib.ensemble import (
     fuse_views,
     mask_iou_matrix,
     mask_nms,
+    non_maximum_weighted,
     paste,
     paste_soft,
     resample_to_boxes,
+    vote_screen,
     weighted_mask_fusion,
 )
 
@@ -191,3 +193,53 @@ def test_fuse_views_dispatch() -> None:
     np.testing.assert_allclose(nms.scores, [0.8])
     with pytest.raises(ValueError, match="roi"):
         fuse_views([a, b], None, EnsembleConfig(method="roi"), 0.5)
+
+
+# ------------------------------------------------------------------ vote screen, NMW
+
+
+def test_vote_screen_counts_models_not_views() -> None:
+    # model 0 has two views (identity, hflip) that both see cell A; model 1 sees A too;
+    # cell B (far away) is seen by both views of model 0 only.
+    a_box, b_box = [0, 0, 8, 8], [20, 10, 28, 18]
+    m0_v0 = _inst([a_box, b_box], [0.9, 0.8], _ones(2))
+    m0_v1 = _inst([a_box, b_box], [0.85, 0.7], _ones(2))
+    m1_v0 = _inst([a_box], [0.6], _ones(1))
+    views, model_of = [m0_v0, m0_v1, m1_v0], [0, 0, 1]
+    # 2 of 2 models needed: only A survives, as its best member (score 0.9, model 0 view 0)
+    both = vote_screen(views, model_of, None, 0.5, 1.0, 0.5, 100)
+    np.testing.assert_allclose(both.scores, [0.9])
+    np.testing.assert_allclose(both.boxes, [a_box])
+    # 1 of 2 models: B (0.8) survives too; its other view (0.7) is in its cluster, not kept
+    one = vote_screen(views, model_of, None, 0.5, 0.5, 0.5, 100)
+    np.testing.assert_allclose(one.scores, [0.9, 0.8])
+    # counted by views (each view its own model) B has 2 of 3 = 0.67 >= 0.6 and survives
+    by_view = fuse_views(views, None, EnsembleConfig(method="vote", min_votes=0.6), 0.5)
+    np.testing.assert_allclose(by_view.scores, [0.9, 0.8])
+    # model weights: model 1 weighs 3, model 0 weighs 1: B holds 1 / 4 < 0.5 of the weight
+    weighted = vote_screen(views, model_of, [1.0, 1.0, 3.0], 0.5, 0.5, 0.5, 100)
+    np.testing.assert_allclose(weighted.scores, [0.9])
+    assert len(vote_screen([SoftInstances.empty(FRAME)], [0], None, 0.5, 0.5, 0.5, 10)) == 0
+    with pytest.raises(ValueError, match="one model index per view"):
+        vote_screen(views, [0, 1], None, 0.5, 0.5, 0.5, 100)
+
+
+def test_nmw_by_hand() -> None:
+    # two boxes of one cell: [0, 0, 10, 10] score 0.8 and [2, 0, 12, 10] score 0.4;
+    # IoU = 8*10 / (100 + 100 - 80) = 2/3 > 0.5. Weights: 0.8 * 1 and 0.4 * 2/3 = 0.2667;
+    # fused x0 = (0.8 * 0 + 0.2667 * 2) / 1.0667 = 0.5, x1 = (0.8 * 10 + 0.2667 * 12) / 1.0667 = 10.5
+    a = _inst([[0, 0, 10, 10]], [0.8], _ones(1), classes=np.array([1]))
+    b = _inst([[2, 0, 12, 10], [20, 0, 26, 6]], [0.4, 0.3], _ones(2), classes=np.array([2, 0]))
+    fused = non_maximum_weighted([a, b], None, 0.5, 100)
+    np.testing.assert_allclose(fused.boxes, [[0.5, 0, 10.5, 10], [20, 0, 26, 6]], atol=1e-5)
+    np.testing.assert_allclose(fused.scores, [0.8, 0.3], atol=1e-6)
+    np.testing.assert_array_equal(fused.classes, [1, 0])  # the best box's class
+    # view weights scale scores by weight / max weight: a's view at 1 of 4 -> 0.8 / 4 = 0.2,
+    # so b's box (0.4) leads: weights 0.4 * 1 and 0.2 * 2/3 = 0.1333, x0 = 0.4 * 2 / 0.5333 = 1.5,
+    # x1 = (0.4 * 12 + 0.1333 * 10) / 0.5333 = 11.5; score and class are b's
+    weighted = non_maximum_weighted([a, b], [1.0, 4.0], 0.5, 100)
+    np.testing.assert_allclose(weighted.boxes[0], [1.5, 0, 11.5, 10], atol=1e-5)
+    np.testing.assert_allclose(weighted.scores, [0.4, 0.3], atol=1e-6)
+    np.testing.assert_array_equal(weighted.classes, [2, 0])
+    assert len(non_maximum_weighted([a, b], None, 0.5, 1)) == 1
+    assert len(fuse_views([SoftInstances.empty(FRAME)], None, EnsembleConfig(method="nmw"), 0.5)) == 0
