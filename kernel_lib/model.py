@@ -299,16 +299,55 @@ def load_fold_model(
     return FoldModel(name, folder, fold_of(name, meta), float(weight), cfg, model, device, meta, channels_last)
 
 
+def check_cuda_arch(device: torch.device) -> None:
+    """Stop when torch has no kernels for the GPU ``device`` (a no-op on the CPU).
+
+    ``torch.cuda.is_available()`` is True on a GPU this torch build cannot drive (e.g. a
+    P100, capability 6.0, under a cu128 build), and the first real CUDA op then dies. A
+    build runs on a capability ``X.Y`` when it ships ``sm_XZ`` with ``Z <= Y`` (same
+    major), the arch-specific ``sm_XYa`` exactly, or PTX ``compute_AB`` with ``AB <= XY``.
+
+    Raises:
+        ValueError: naming the GPU, its capability, the build's archs and the fix.
+    """
+    if device.type != "cuda":
+        return
+    archs = list(torch.cuda.get_arch_list())
+    if not archs:  # a build that does not say (nothing to check against)
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    for arch in archs:
+        match = re.fullmatch(r"(sm|compute)_(\d+)([a-z]?)", arch)
+        if match is None:
+            continue
+        kind, number, suffix = match.group(1), int(match.group(2)), match.group(3)
+        arch_major, arch_minor = divmod(number, 10)
+        if suffix and (arch_major, arch_minor) != (major, minor):
+            continue
+        if kind == "sm" and arch_major == major and arch_minor <= minor:
+            return
+        if kind == "compute" and (arch_major, arch_minor) <= (major, minor):
+            return
+    raise ValueError(
+        f"GPU {torch.cuda.get_device_name(device)} ({device}) has CUDA compute capability {major}.{minor}, but "
+        f"torch {torch.__version__} was built for {', '.join(archs)} only: its CUDA kernels cannot run on this GPU. "
+        f'Fix: run on a GPU this torch supports (on Kaggle: "machine_shape": "NvidiaTeslaT4" in '
+        f"kernel-metadata.json, or `kaggle kernels push --accelerator NvidiaTeslaT4`; the retired P100 is 6.0), "
+        f'or on the CPU (inference device "cpu" / --device cpu)'
+    )
+
+
 def load_models(models_dir: str | Path, ensemble: EnsembleConfig, inference: InferenceConfig) -> list[FoldModel]:
     """Load every model of a model folder once, on ``inference.device`` (first GPU).
 
     Weights are stored channels-last on the CPU and for float16 on CUDA.
 
     Raises:
-        ValueError: see :func:`read_manifest` and :func:`load_fold_model`.
+        ValueError: see :func:`check_cuda_arch`, :func:`read_manifest` and :func:`load_fold_model`.
     """
     models_dir = Path(models_dir)
     device = resolve_device(inference.device)
+    check_cuda_arch(device)
     channels_last = device.type == "cpu" or inference.half
     return [
         load_fold_model(models_dir / name, weight, device, ensemble, channels_last)
