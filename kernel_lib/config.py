@@ -157,6 +157,13 @@ class InferenceConfig:
             Several times faster on CPUs with AMX or AVX512-BF16 (e.g. Xeon Sapphire
             Rapids), slower on others; boxes and masks change slightly (bfloat16 keeps
             8 mantissa bits). Off by default; ignored on CUDA (see ``half``).
+        time_budget_s: wall-clock seconds ``run_inference`` may take from its first
+            model call to the validated submission (model loading not counted), or None
+            (default): no limit. When the projected finish would overrun, the remaining
+            images run a lighter ensemble (``kernel_lib.budget.degradation_steps``:
+            extra scales, then flip views, then the lowest-weight models); every image
+            still gets predictions. Set it below the platform's limit (Kaggle: 9 hours
+            for the whole notebook); range > 0.
     """
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -164,12 +171,16 @@ class InferenceConfig:
     batch_size: int = 4
     num_workers: int = 2
     cpu_bf16: bool = False
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         _check_range("batch_size", self.batch_size, 1, 64)
         _check_range("num_workers", self.num_workers, 0, 32)
+        budget = self.time_budget_s
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+            raise ValueError(f"time_budget_s: expected a positive number of seconds or null, got {budget!r}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
+from kernel_lib.budget import BudgetGuard, DegradationStep, ImageRun, degradation_steps
 from kernel_lib.config import Config, PostprocessConfig
 from kernel_lib.ensemble import SoftInstances, fuse_views, paste
 from kernel_lib.images import list_images
@@ -129,10 +131,15 @@ class InferenceResult:
             time); "postprocess" (instance-level fusion for "wmf"/"mask_nms", pasting,
             post-processing and RLE, summed over images: it runs in a background thread
             during "inference"); "postprocess_tail" (what was left of it after the
-            models finished); "write" (write + validate); "total".
+            models finished); "write" (write + validate); "total". With a time budget
+            also "time_budget" (the budget itself) and "inference step K (LABEL)": the
+            models' seconds at each degradation step that ran (see
+            :mod:`kernel_lib.budget`).
         n_images: images predicted.
         n_instances: instances written.
         predictions: id -> final masks.
+        runs: per image, in order, the ensemble that ran on it (step, models, views,
+            scales, seconds).
     """
 
     submission: Path
@@ -140,11 +147,122 @@ class InferenceResult:
     n_images: int
     n_instances: int
     predictions: dict[str, CropMasks] = field(default_factory=dict)
+    runs: list[ImageRun] = field(default_factory=list)
+
+    @property
+    def n_degraded(self) -> int:
+        """Images that ran a lighter ensemble than the configured one (time budget)."""
+        return sum(run.step > 0 for run in self.runs)
+
+    def per_image_table(self) -> pd.DataFrame:
+        """One row per image: id, step, label, models, tta, scales, seconds (a CSV's columns)."""
+        rows = [
+            {
+                "id": run.id,
+                "step": run.step,
+                "label": run.label,
+                "models": " ".join(run.models),
+                "tta": " ".join(run.tta),
+                "scales": " ".join(f"{s:g}" for s in run.scales),
+                "seconds": run.seconds,
+            }
+            for run in self.runs
+        ]
+        return pd.DataFrame(rows, columns=["id", "step", "label", "models", "tta", "scales", "seconds"])
 
 
 def _sample_ids(sample_csv: str | Path) -> list[str]:
     df = read_csv_columns(sample_csv, ("id",), "pass the competition's sample_submission.csv")
     return list(dict.fromkeys(df["id"].str.strip().tolist()))
+
+
+def _test_images(test_dir: str | Path, sample_csv: str | Path | None) -> tuple[list[Path], list[str]]:
+    """The images to predict and the ids to write: the sample's, in its order, else every image."""
+    paths = list_images(test_dir)
+    if sample_csv is None:
+        return paths, [p.stem for p in paths]
+    ids = _sample_ids(sample_csv)
+    by_id = {p.stem: p for p in paths}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} id(s) of {sample_csv} have no image in {test_dir}, e.g. {missing[:3]}; "
+            f"pass the test folder that matches the sample submission"
+        )
+    return [by_id[i] for i in ids], ids
+
+
+def _guarded_outputs(
+    paths: Sequence[Path],
+    models: Sequence[FoldModel],
+    config: Config,
+    guard: BudgetGuard,
+    mask_min_score: float,
+    progress: bool,
+) -> Iterator[tuple[str, np.ndarray, ViewOutputs, DegradationStep]]:
+    """The models' outputs, image by image, at the guard's current step: when the guard
+    steps down (after a batch), the remaining images restart with the lighter ensemble."""
+    by_name = {fm.name: fm for fm in models}
+    start = 0
+    while start < len(paths):
+        step = guard.step
+        chosen = [by_name[name] for name in step.models]
+        outputs = _model_outputs(
+            paths[start:], chosen, config.replace(ensemble=step.ensemble), mask_min_score, progress
+        )
+        try:
+            for image_id, grey, out in outputs:
+                start += 1
+                yield image_id, grey, out, step
+                if guard.step is not step:
+                    break
+        finally:
+            outputs.close()
+
+
+@dataclass
+class _Finished:
+    """What the models' loop and the post-processing thread left."""
+
+    masks: dict[str, CropMasks]
+    rles: dict[str, list[str]]
+    post_seconds: float
+    models_done: float  # clock when the last model output came
+
+
+def _predict_and_finish(
+    paths: Sequence[Path], models: Sequence[FoldModel], config: Config, guard: BudgetGuard, progress: bool
+) -> _Finished:
+    """Run the models (under the guard) and, in one background thread, fuse ("wmf" /
+    "mask_nms"), post-process and encode each image while the models work on the next;
+    at most MAX_PENDING images wait."""
+    pp = config.postprocess
+    done = _Finished({}, {}, 0.0, 0.0)
+    pending: deque[tuple[str, Future]] = deque()
+
+    def _finish(out: ViewOutputs, shape: tuple[int, int], step: DegradationStep) -> tuple[CropMasks, list[str], float]:
+        start = time.perf_counter()
+        result = finalize(fuse_outputs(out, config.replace(ensemble=step.ensemble)), shape, pp)
+        return result.masks, rle_encode_crops(result.masks), time.perf_counter() - start
+
+    def _collect_oldest() -> None:
+        image_id, future = pending.popleft()
+        masks, rles, seconds = future.result()
+        done.masks[image_id], done.rles[image_id] = masks, rles
+        done.post_seconds += seconds
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        outputs = _guarded_outputs(paths, models, config, guard, min(pp.score_threshold), progress)
+        for image_id, grey, out, step in outputs:
+            pending.append((image_id, pool.submit(_finish, out, grey.shape, step)))
+            while len(pending) > MAX_PENDING or (pending and pending[0][1].done()):
+                _collect_oldest()
+            per_image_post = done.post_seconds / max(len(done.masks), 1)
+            guard.image_done(image_id, tail_s=len(pending) * per_image_post)
+        done.models_done = time.perf_counter()
+        while pending:
+            _collect_oldest()
+    return done
 
 
 def run_inference(
@@ -157,6 +275,12 @@ def run_inference(
     progress: bool = True,
 ) -> InferenceResult:
     """Predict every test image and write a validated ``submission.csv``.
+
+    With ``config.inference.time_budget_s`` set, a :class:`kernel_lib.budget.BudgetGuard`
+    projects the finish after each batch and runs a lighter ensemble on the remaining
+    images when it would overrun (extra scales, then flip views, then the lowest-weight
+    models; each step logged, each image's in ``runs``); every image still gets
+    predictions.
 
     Args:
         test_dir: folder of ``<id>.png`` test images.
@@ -174,72 +298,40 @@ def run_inference(
     """
     config = config or Config()
     t0 = time.perf_counter()
-    paths = list_images(test_dir)
-    if sample_csv is not None:
-        ids = _sample_ids(sample_csv)
-        by_id = {p.stem: p for p in paths}
-        missing = [i for i in ids if i not in by_id]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} id(s) of {sample_csv} have no image in {test_dir}, e.g. {missing[:3]}; "
-                f"pass the test folder that matches the sample submission"
-            )
-        paths = [by_id[i] for i in ids]
-    else:
-        ids = [p.stem for p in paths]
-
+    paths, ids = _test_images(test_dir, sample_csv)
     models = load_models(models_dir, config)
     t_loaded = time.perf_counter()
 
-    pp = config.postprocess
-    post_seconds = 0.0
-
-    def _finish(out: ViewOutputs, shape: tuple[int, int]) -> tuple[CropMasks, list[str], float]:
-        start = time.perf_counter()
-        result = finalize(fuse_outputs(out, config), shape, pp)
-        rles = rle_encode_crops(result.masks)
-        return result.masks, rles, time.perf_counter() - start
-
-    masks_by_id: dict[str, CropMasks] = {}
-    rles_by_id: dict[str, list[str]] = {}
-    pending: deque[tuple[str, Future]] = deque()
-
-    def _collect_oldest() -> float:
-        image_id, future = pending.popleft()
-        masks, rles, seconds = future.result()
-        masks_by_id[image_id], rles_by_id[image_id] = masks, rles
-        return seconds
-
-    # fusion ("wmf"/"mask_nms"), post-processing and encoding of image i run in a thread
-    # while the models work on the next images; at most MAX_PENDING images wait
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for image_id, grey, out in _model_outputs(paths, models, config, min(pp.score_threshold), progress):
-            pending.append((image_id, pool.submit(_finish, out, grey.shape)))
-            while len(pending) > MAX_PENDING or (pending and pending[0][1].done()):
-                post_seconds += _collect_oldest()
-        t_predicted = time.perf_counter()
-        while pending:
-            post_seconds += _collect_oldest()
+    steps = degradation_steps(config.ensemble, [(fm.name, fm.weight) for fm in models])
+    budget = config.inference.time_budget_s
+    guard = BudgetGuard(budget, steps, len(paths), config.inference.batch_size, start=t_loaded)
+    done = _predict_and_finish(paths, models, config, guard, progress)
     t_post = time.perf_counter()
 
-    out_csv = write_submission(rles_by_id, out_csv, ids)
+    out_csv = write_submission(done.rles, out_csv, ids)
     problems = validate_submission(out_csv, sample_csv)
     if problems:
         listed = "; ".join(str(p) for p in problems[:5])
         raise ValueError(f"{out_csv}: the written submission has {len(problems)} problem(s): {listed}")
     t_end = time.perf_counter()
+
     timings = {
         "load_models": t_loaded - t0,
-        "inference": t_predicted - t_loaded,
-        "postprocess": post_seconds,
-        "postprocess_tail": t_post - t_predicted,
+        "inference": done.models_done - t_loaded,
+        "postprocess": done.post_seconds,
+        "postprocess_tail": t_post - done.models_done,
         "write": t_end - t_post,
         "total": t_end - t0,
     }
+    if budget is not None:
+        timings["time_budget"] = float(budget)
+        for index, seconds in guard.seconds_per_step.items():
+            timings[f"inference step {index} ({steps[index].label})"] = seconds
     return InferenceResult(
         submission=Path(out_csv),
         timings=timings,
         n_images=len(paths),
-        n_instances=sum(len(m) for m in masks_by_id.values()),
-        predictions=masks_by_id,
+        n_instances=sum(len(m) for m in done.masks.values()),
+        predictions=done.masks,
+        runs=guard.runs,
     )

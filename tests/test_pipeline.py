@@ -81,6 +81,9 @@ def test_run_inference_writes_valid_submission(demo_dir: Path, data_dir: Path, t
     assert result.n_instances == written == (df["predicted"] != "").sum()
     for key in ("load_models", "inference", "postprocess", "write", "total"):
         assert result.timings[key] >= 0
+    # no time budget: every image ran the configured ensemble, and nothing says otherwise
+    assert [(r.id, r.step, r.models) for r in result.runs] == [(i, 0, ("fold0", "fold1")) for i in ids]
+    assert "time_budget" not in result.timings
 
 
 def test_predict_instances_and_finalize_contract(demo_dir: Path, data_dir: Path) -> None:
@@ -179,3 +182,60 @@ def test_no_detection_writes_an_empty_row_per_image(
     df = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert sorted(df["id"]) == sorted(_sample_ids(data_dir)) and (df["predicted"] == "").all()
     assert validate_submission(out, data_dir / "sample_submission.csv") == []
+
+
+def test_tiny_time_budget_degrades_the_remaining_images_and_stays_valid(
+    demo_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import kernel_lib.pipeline as pipeline
+
+    # fold1 weighs less than fold0: the guard drops it last, after the extra scale and the flip
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("fold0", "fold1"):
+        (models / name).symlink_to(demo_dir / name, target_is_directory=True)
+    (models / "models.json").write_text(
+        json.dumps({"models": [{"name": "fold0", "weight": 1.0}, {"name": "fold1", "weight": 0.5}]})
+    )
+    calls: list[tuple[int, tuple[str, ...], tuple[str, ...], tuple[float, ...]]] = []
+    real = pipeline._model_outputs
+
+    def spy(paths, chosen, config, mask_min_score, progress):  # type: ignore[no-untyped-def]
+        calls.append((len(paths), tuple(m.name for m in chosen), config.ensemble.tta, config.ensemble.scales))
+        return real(paths, chosen, config, mask_min_score, progress)
+
+    monkeypatch.setattr(pipeline, "_model_outputs", spy)
+    config = _config("roi").replace(
+        ensemble=EnsembleConfig(
+            method="roi", tta=("identity", "hflip"), scales=(1.0, 1.25), detections_per_image=DETECTIONS
+        ),
+        inference=InferenceConfig(device="cpu", batch_size=1, num_workers=0, time_budget_s=0.001),
+    )
+    out = tmp_path / "submission.csv"
+    sample = data_dir / "sample_submission.csv"
+    with caplog.at_level(logging.WARNING, logger="kernel_lib.budget"):
+        result = pipeline.run_inference(data_dir / "test", models, out, config, sample_csv=sample, progress=False)
+
+    ids = _sample_ids(data_dir)
+    # the first image runs the whole ensemble; after it, the lightest: one model, one view, one scale
+    assert calls == [
+        (3, ("fold0", "fold1"), ("identity", "hflip"), (1.0, 1.25)),
+        (2, ("fold0",), ("identity",), (1.0,)),
+    ]
+    assert [r.id for r in result.runs] == ids
+    assert [r.step for r in result.runs] == [0, 3, 3]
+    assert result.runs[1].models == ("fold0",) and result.runs[1].tta == ("identity",)
+    assert result.n_degraded == 2
+    table = result.per_image_table()
+    assert table["id"].tolist() == ids and table["label"].tolist()[1:] == ["drop model fold1"] * 2
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    for label in ("step 1: drop scale 1.25", "step 2: drop view hflip", "step 3: drop model fold1"):
+        assert label in messages
+    assert result.timings["time_budget"] == 0.001
+    assert {"inference step 0 (full ensemble)", "inference step 3 (drop model fold1)"} <= set(result.timings)
+    # every image still has predictions and the file is valid
+    assert sorted(result.predictions) == sorted(ids)
+    assert validate_submission(out, sample) == []
+    assert set(pd.read_csv(out, dtype=str, keep_default_na=False)["id"]) == set(ids)
