@@ -153,10 +153,12 @@ class InferenceConfig:
         half: run in float16 on CUDA (ignored on the CPU).
         batch_size: images per model call per GPU; range [1, 64].
         num_workers: data-loader processes reading the next images; range [0, 32].
-        cpu_bf16: on the CPU, run the models under bfloat16 autocast (True/False).
-            Several times faster on CPUs with AMX or AVX512-BF16 (e.g. Xeon Sapphire
-            Rapids), slower on others; boxes and masks change slightly (bfloat16 keeps
-            8 mantissa bits). Off by default; ignored on CUDA (see ``half``).
+        cpu_bf16: on the CPU, run the models under bfloat16 autocast: True, False, or
+            None (default, JSON null): on where the CPU runs bfloat16 natively (AMX or
+            AVX512-BF16, e.g. Xeon Sapphire Rapids; ``kernel_lib.model.fast_cpu_bf16``),
+            where it is several times faster, off elsewhere, where it is slower. Boxes
+            and masks change slightly (bfloat16 keeps 8 mantissa bits; the held-out
+            score difference is in docs/benchmarks.md). Ignored on CUDA (see ``half``).
         time_budget_s: wall-clock seconds ``run_inference`` may take from its first
             model call to the validated submission (model loading not counted), or None
             (default): no limit. When the projected finish would overrun, the remaining
@@ -170,7 +172,7 @@ class InferenceConfig:
     half: bool = True
     batch_size: int = 4
     num_workers: int = 2
-    cpu_bf16: bool = False
+    cpu_bf16: bool | None = None
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:

@@ -35,6 +35,7 @@ the models run.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import pickle
 import re
@@ -421,6 +422,7 @@ class ViewOutputs:
     names: list[str]
 
 
+@functools.cache
 def fast_cpu_bf16() -> bool:
     """Whether this CPU runs bfloat16 matrix maths natively (AMX or AVX512-BF16).
 
@@ -447,7 +449,7 @@ def _autocast(device: torch.device, inference: InferenceConfig) -> Any:
     """float16 autocast on CUDA with ``half``, bfloat16 on the CPU with ``cpu_bf16``."""
     if device.type == "cuda" and inference.half:
         return torch.autocast(device_type="cuda", dtype=torch.float16)
-    if device.type == "cpu" and inference.cpu_bf16:
+    if device.type == "cpu" and (fast_cpu_bf16() if inference.cpu_bf16 is None else inference.cpu_bf16):
         return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return nullcontext()
 

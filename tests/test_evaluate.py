@@ -34,7 +34,7 @@ IDS = ("5d066f4c3eef", "caa06f9a4057", "ea362f1a9844")
 FAST = Config(
     postprocess=PostprocessConfig(score_threshold=(0.05, 0.05, 0.05), min_area=(10, 10, 10)),
     ensemble=EnsembleConfig(tta=("identity",), detections_per_image=40),
-    inference=InferenceConfig(device="cpu", half=False, batch_size=2, num_workers=0),
+    inference=InferenceConfig(device="cpu", half=False, batch_size=2, num_workers=0, cpu_bf16=False),
 )
 
 

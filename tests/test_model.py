@@ -26,7 +26,7 @@ from kernel_lib.model import (  # noqa: E402
 from kernel_lib.tta import View  # noqa: E402
 
 MIN_SIZE, MAX_SIZE, DETECTIONS = 160, 220, 30
-CPU = InferenceConfig(device="cpu", batch_size=2, num_workers=0)
+CPU = InferenceConfig(device="cpu", batch_size=2, num_workers=0, cpu_bf16=False)  # float32: compared with detectron2
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +238,20 @@ def test_cpu_bfloat16_is_close_to_float32(mixed_dir: Path, data_dir: Path) -> No
         assert np.abs(b.fused.boxes - box).max(axis=1).min() < 3.0
 
 
+def test_cpu_bf16_default_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kernel_lib.model as model_module
+
+    cpu = torch.device("cpu")
+    auto = InferenceConfig(device="cpu")
+    assert auto.cpu_bf16 is None
+    for native in (True, False):
+        monkeypatch.setattr(model_module, "fast_cpu_bf16", lambda native=native: native)
+        with model_module._autocast(cpu, auto):
+            assert torch.is_autocast_enabled("cpu") is native
+        with model_module._autocast(cpu, InferenceConfig(device="cpu", cpu_bf16=not native)):
+            assert torch.is_autocast_enabled("cpu") is (not native)
+
+
 def test_rescale_views_map_back_to_the_frame(mixed_dir: Path, data_dir: Path) -> None:
     models = load_models(mixed_dir, _ensemble(), CPU)[:1]
     ens = EnsembleConfig(
@@ -258,8 +272,24 @@ def test_batching_and_workers_do_not_change_results(mixed_dir: Path, data_dir: P
     models = load_models(mixed_dir, _ensemble(), CPU)[:1]
     ens = _ensemble(tta=("identity",))
     paths = _test_images(data_dir, 2)
-    one = list(predict(paths, models, ens, InferenceConfig(device="cpu", batch_size=1, num_workers=0), progress=False))
-    two = list(predict(paths, models, ens, InferenceConfig(device="cpu", batch_size=2, num_workers=1), progress=False))
+    one = list(
+        predict(
+            paths,
+            models,
+            ens,
+            InferenceConfig(device="cpu", batch_size=1, num_workers=0, cpu_bf16=False),
+            progress=False,
+        )
+    )
+    two = list(
+        predict(
+            paths,
+            models,
+            ens,
+            InferenceConfig(device="cpu", batch_size=2, num_workers=1, cpu_bf16=False),
+            progress=False,
+        )
+    )
     for (id_a, _, a), (id_b, _, b) in zip(one, two):
         assert id_a == id_b
         assert len(a.fused) == len(b.fused)
