@@ -59,11 +59,14 @@ from pathlib import Path
 
 import torch
 
+from kernel_lib.kaggle import find_input
+
 KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
 KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working"))
 COMPETITION = "sartorius-cell-instance-segmentation"
 
-DATA_DIR = KAGGLE_INPUT / COMPETITION  # train.csv + train/<id>.png
+# train.csv + train/<id>.png, under any of Kaggle's layouts (<slug>/, competitions/<slug>/, ...)
+DATA_DIR = find_input(COMPETITION, KAGGLE_INPUT)
 FOLDS_CSV = KAGGLE_WORKING / "folds.csv"
 MODELS_DIR = KAGGLE_WORKING / "models"  # one folder per fold: becomes the model-weights dataset
 MODELS_DATASET_ID = "your-kaggle-username/sartorius-fold-models"  # as in kernel-metadata.json

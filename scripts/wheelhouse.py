@@ -13,8 +13,9 @@ CUDA ``_C.so``. Its sha256 is pinned. The repack:
 - drops the top-level ``tools/`` package it also carries (it would shadow any
   ``tools`` module on the user's path);
 - rewrites the metadata: version ``0.7.2+pure``, tag ``py3-none-any``, and a
-  Requires-Dist list of what detectron2 really imports (no ``numpy<2``, ``black`` or
-  ``tensorboard``);
+  Requires-Dist list of what detectron2 really imports, with lower bounds only (no
+  ``numpy<2``, ``black``, ``tensorboard``, ``hydra-core``, nor caps on iopath/omegaconf:
+  see :data:`REQUIRES`);
 - writes a fresh RECORD, with fixed timestamps so the repacked file is reproducible.
 
 Usage: ``python scripts/wheelhouse.py detectron2 --out wheels/`` prints the path of the
@@ -49,12 +50,20 @@ REQUIRES = [
     "tabulate",
     "cloudpickle",
     "tqdm>4.29.0",
-    "fvcore>=0.1.5,<0.1.6",
-    "iopath>=0.1.7,<0.1.10",
-    "omegaconf>=2.1,<2.4",
-    "hydra-core>=1.1",
+    "fvcore>=0.1.5",
+    "iopath>=0.1.7",
+    "omegaconf>=2.1",
     "packaging",
 ]
+"""What the repacked wheel requires: lower bounds only, so that installing it never
+downgrades a newer release the image already has. detectron2's own metadata asks for
+``fvcore<0.1.6``, ``iopath<0.1.10``, ``omegaconf<2.4`` and ``hydra-core>=1.1``; none of
+those caps is needed by the code it imports (``fvcore`` 0.1.5 is the last release;
+``iopath`` 0.1.10 keeps ``PathManager``/``file_lock``; ``omegaconf`` 2.4 keeps
+``DictConfig``, ``ListConfig``, ``OmegaConf``, ``SCMode``; tests/test_install.py runs
+detectron2 with iopath 0.1.10 and omegaconf 2.4.0). ``hydra-core`` is left out: detectron2
+imports it only inside ``LazyConfig.apply_overrides`` (never used here), and hydra-core 1.3
+caps ``omegaconf<2.4``, which would force a downgrade of a newer omegaconf."""
 
 _FIXED_TIME = (2024, 11, 29, 0, 0, 0)
 
@@ -113,12 +122,9 @@ def _keep(name: str) -> bool:
     return not (name.startswith("detectron2/_C") and name.endswith(".so"))
 
 
-def repack(source: Path, out_dir: Path) -> Path:
-    """Write the pure-Python wheel into ``out_dir`` and return its path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / PURE_FILE
-    tmp = target.with_suffix(".tmp")
-    metadata = "\n".join(
+def pure_metadata() -> str:
+    """The repacked wheel's METADATA text."""
+    return "\n".join(
         [
             "Metadata-Version: 2.1",
             "Name: sal-detectron2",
@@ -131,6 +137,14 @@ def repack(source: Path, out_dir: Path) -> Path:
             "",
         ]
     )
+
+
+def repack(source: Path, out_dir: Path) -> Path:
+    """Write the pure-Python wheel into ``out_dir`` and return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / PURE_FILE
+    tmp = target.with_suffix(".tmp")
+    metadata = pure_metadata()
     wheel = "Wheel-Version: 1.0\nGenerator: kernel_lib wheelhouse\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     records: list[str] = []
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zout:
@@ -161,11 +175,14 @@ def repack(source: Path, out_dir: Path) -> Path:
 
 
 def pure_wheel_ok(path: Path) -> bool:
-    """True when ``path`` is a complete repacked wheel (opens, no _C.so, has RECORD)."""
+    """True when ``path`` is a complete repacked wheel of the current metadata (opens, no
+    _C.so, has RECORD, METADATA as :func:`pure_metadata` writes it)."""
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-            return f"{DIST_INFO}/RECORD" in names and not any(n.endswith(".so") for n in names) and z.testzip() is None
+            if f"{DIST_INFO}/RECORD" not in names or any(n.endswith(".so") for n in names):
+                return False
+            return z.read(f"{DIST_INFO}/METADATA").decode() == pure_metadata() and z.testzip() is None
     except (OSError, zipfile.BadZipFile):
         return False
 

@@ -220,7 +220,7 @@ def test_fresh_venv_installs_the_bundle_offline_and_imports_it(dataset: Path, tm
     assert "installed detectron2, kernel_lib from" in install.stdout
 
     check = (
-        "import detectron2, kernel_lib, fvcore, hydra, omegaconf, pycocotools\n"
+        "import detectron2, kernel_lib, fvcore, omegaconf, pycocotools\n"
         "from detectron2.modeling import build_model\n"
         "from kernel_lib.d2config import sartorius_config\n"
         "cfg = sartorius_config('R50'); cfg.MODEL.DEVICE = 'cpu'\n"

@@ -53,9 +53,47 @@ def test_committed_notebook_is_generated_clean_and_thin() -> None:
     assert not re.search(r"^\s*(def|class) ", text, re.MULTILINE)  # no logic of its own
 
 
-@pytest.fixture
-def kaggle_tree(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    """/kaggle/input (competition + two fold models) and /kaggle/working under tmp_path."""
+LAYOUTS = {
+    # the classic mount: every input at /kaggle/input/<slug>/
+    "classic": (COMPETITION, "sartorius-fold-models"),
+    # notebooks pushed from today's CLI: competitions/<slug>/ and datasets/<owner>/<slug>/
+    "new": (f"competitions/{COMPETITION}", "datasets/some-user/sartorius-fold-models"),
+    # both at once: a dataset attachment that still appears at /kaggle/input/<slug>/
+    "mixed": (f"competitions/{COMPETITION}", "sartorius-fold-models"),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_parameters_cell_finds_the_inputs_in_every_layout(
+    layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    competition_at, models_at = LAYOUTS[layout]
+    (tmp_path / competition_at / "test").mkdir(parents=True)
+    (tmp_path / models_at).mkdir(parents=True)
+    monkeypatch.setenv("KAGGLE_INPUT", str(tmp_path))
+    monkeypatch.delenv("KERNEL_LIB_CONFIG", raising=False)
+    namespace: dict[str, object] = {}
+    exec(code_cells()[1], namespace)
+    assert namespace["TEST_DIR"] == tmp_path / competition_at / "test"
+    assert namespace["SAMPLE_CSV"] == tmp_path / competition_at / "sample_submission.csv"
+    assert namespace["MODELS_DIR"] == tmp_path / models_at
+
+
+def test_parameters_cell_without_the_models_dataset_lists_the_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "competitions" / COMPETITION).mkdir(parents=True)
+    monkeypatch.setenv("KAGGLE_INPUT", str(tmp_path))
+    with pytest.raises(ValueError, match=rf"no Kaggle input 'sartorius-fold-models'.*competitions/{COMPETITION}/"):
+        exec(code_cells()[1], {})
+
+
+@pytest.fixture(params=["classic", "new"])
+def kaggle_tree(
+    request: pytest.FixtureRequest, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Path]:
+    """/kaggle/input (competition + two fold models) in the classic or the new layout
+    (together they hold every kind of mount) and /kaggle/working under tmp_path."""
     if (
         importlib.util.find_spec("kernel_lib.pipeline") is None
         or importlib.util.find_spec("kernel_lib.demo_models") is None
@@ -64,12 +102,13 @@ def kaggle_tree(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch)
     from kernel_lib.demo_models import make_demo_models
 
     inputs, working = tmp_path / "input", tmp_path / "working"
-    competition = inputs / COMPETITION
+    competition_at, models_at = LAYOUTS[request.param]
+    competition = inputs / competition_at
     (competition / "test").mkdir(parents=True)
     for image in sorted((data_dir / "test").glob("*.png")):
         shutil.copy(image, competition / "test" / image.name)
     shutil.copy(data_dir / "sample_submission.csv", competition / "sample_submission.csv")
-    make_demo_models(inputs / "sartorius-fold-models", n_folds=2, min_size_test=320, max_size_test=448)
+    make_demo_models(inputs / models_at, n_folds=2, min_size_test=320, max_size_test=448)
     working.mkdir()
     config = tmp_path / "config.json"  # quick on the CPU: one view, at most 100 detections per image
     config.write_text(
@@ -83,7 +122,7 @@ def kaggle_tree(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("KAGGLE_INPUT", str(inputs))
     monkeypatch.setenv("KAGGLE_WORKING", str(working))
     monkeypatch.setenv("KERNEL_LIB_CONFIG", str(config))
-    return {"input": inputs, "working": working, "competition": competition}
+    return {"input": inputs, "working": working, "competition": competition, "models": inputs / models_at}
 
 
 def test_notebook_runs_on_a_kaggle_like_tree_and_writes_a_valid_submission(kaggle_tree: dict[str, Path]) -> None:
@@ -106,6 +145,7 @@ def test_notebook_runs_on_a_kaggle_like_tree_and_writes_a_valid_submission(kaggl
     outputs = ["".join(o.get("text", "")) for cell in notebook.cells for o in cell.get("outputs", [])]
     assert any("already importable: nothing to install" in text for text in outputs)
     assert any(f"{submission} is valid" in text for text in outputs)
+    assert any(f"models: {kaggle_tree['models']}" in text for text in outputs)  # found in its layout
 
     timings = pd.read_csv(working / "timings.csv")
     assert list(timings.columns) == ["stage", "seconds", "per image (s)"]
