@@ -1,14 +1,16 @@
 """kernel_lib: offline multi-fold detectron2 inference for Sartorius cell segmentation.
 
-The public API of every stage, re-exported here. Pure-numpy stages are imported at
-once; torch-dependent names (models, the pipeline's model calls, demo checkpoints,
-training) are imported on first use, so ``import kernel_lib``, scoring and validation
-never load torch, and the inference path never imports the training modules.
+The public API of every stage, re-exported here. Only the typed config is imported at
+once; every other name is imported from its module on first use, so ``import kernel_lib``
+and the command line's start-up load neither numpy, pandas nor torch, scoring and
+validation never load torch, and the inference path never imports the training modules.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from kernel_lib.config import (
     CELL_TYPES,
@@ -20,56 +22,77 @@ from kernel_lib.config import (
     PostprocessConfig,
     load_config,
 )
-from kernel_lib.ensemble import SoftInstances, fuse_views, mask_nms, paste, paste_soft, weighted_mask_fusion
 
-# kernel_lib.evaluate (the function) is not re-exported: the name would hide the module
-from kernel_lib.evaluate import Evaluation, evaluate_cache, read_truth
-from kernel_lib.folds import make_folds, read_folds, write_folds
-from kernel_lib.images import list_images, read_image, to_model_input
-from kernel_lib.masks import CropMasks
-from kernel_lib.metric import ImageScore, ScoreReport, image_score, score_submission
-from kernel_lib.postprocess import Postprocessed, image_cell_type, postprocess
-from kernel_lib.report import write_report
-from kernel_lib.rle import (
-    rle_decode,
-    rle_decode_crops,
-    rle_encode,
-    rle_encode_crops,
-    rle_encode_labels,
-    rle_encode_stack,
-    rle_problems,
-    rle_to_indices,
-)
-from kernel_lib.submission import Problem, validate_submission, write_submission
-from kernel_lib.tta import View, make_views
-from kernel_lib.tune import InstanceTable, TuneImage, TuneResult, images_from_cache, tune_postprocess
-
+# name -> module, one line per stage; kernel_lib.evaluate (the function) is not
+# re-exported: the name would hide the module
 _LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ["SoftInstances", "fuse_views", "mask_nms", "paste", "paste_soft", "weighted_mask_fusion"],
+        "kernel_lib.ensemble",
+    ),
+    **dict.fromkeys(["Evaluation", "evaluate_cache", "read_truth"], "kernel_lib.evaluate"),
+    **dict.fromkeys(["make_folds", "read_folds", "write_folds"], "kernel_lib.folds"),
+    **dict.fromkeys(["list_images", "read_image", "to_model_input"], "kernel_lib.images"),
+    "CropMasks": "kernel_lib.masks",
+    **dict.fromkeys(["ImageScore", "ScoreReport", "image_score", "score_submission"], "kernel_lib.metric"),
+    **dict.fromkeys(["Postprocessed", "image_cell_type", "postprocess"], "kernel_lib.postprocess"),
+    "write_report": "kernel_lib.report",
+    **dict.fromkeys(
+        [
+            "rle_decode",
+            "rle_decode_crops",
+            "rle_encode",
+            "rle_encode_crops",
+            "rle_encode_labels",
+            "rle_encode_stack",
+            "rle_problems",
+            "rle_to_indices",
+        ],
+        "kernel_lib.rle",
+    ),
+    **dict.fromkeys(["Problem", "validate_submission", "write_submission"], "kernel_lib.submission"),
+    **dict.fromkeys(["View", "make_views"], "kernel_lib.tta"),
+    **dict.fromkeys(
+        ["InstanceTable", "TuneImage", "TuneResult", "images_from_cache", "tune_postprocess"], "kernel_lib.tune"
+    ),
     # inference (torch)
-    "EnsemblePredictor": "kernel_lib.model",
-    "FoldModel": "kernel_lib.model",
+    **dict.fromkeys(["EnsemblePredictor", "FoldModel"], "kernel_lib.model"),
     "make_demo_models": "kernel_lib.demo_models",
-    "InferenceResult": "kernel_lib.pipeline",
-    "finalize": "kernel_lib.pipeline",
-    "load_models": "kernel_lib.pipeline",
-    "predict_instances": "kernel_lib.pipeline",
-    "run_inference": "kernel_lib.pipeline",
+    **dict.fromkeys(
+        ["InferenceResult", "finalize", "load_models", "predict_instances", "run_inference"], "kernel_lib.pipeline"
+    ),
     # training (pycocotools; torch + detectron2)
-    "AnnotationProblem": "kernel_lib.data",
-    "TrainingData": "kernel_lib.data",
-    "load_dataset_dicts": "kernel_lib.data",
-    "AugmentSettings": "kernel_lib.train",
-    "TrainOptions": "kernel_lib.train",
-    "rescore_fold": "kernel_lib.train",
-    "score_models": "kernel_lib.train",
-    "train_fold": "kernel_lib.train",
+    **dict.fromkeys(["AnnotationProblem", "TrainingData", "load_dataset_dicts"], "kernel_lib.data"),
+    **dict.fromkeys(
+        ["AugmentSettings", "TrainOptions", "rescore_fold", "score_models", "train_fold"], "kernel_lib.train"
+    ),
 }
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # the next access is a plain attribute
+        return value
     raise AttributeError(f"module 'kernel_lib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps an exported function named like its module (``postprocess``) the function
+    when the submodule is imported later: importing ``kernel_lib.postprocess`` sets the
+    package's attribute to the module, which would hide the function."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [
