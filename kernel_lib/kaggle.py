@@ -117,3 +117,14 @@ def resolve_cli_path(value: str, root: str | Path | None = None) -> Path:
     slug, _, rest = value[len(KAGGLE_PREFIX) :].strip("/").partition("/")
     folder = find_input(slug, root)
     return folder / rest if rest else folder
+
+
+def cli_path(value: str) -> Path:
+    """argparse ``type=`` for a path option that also takes ``kaggle:SLUG[/sub/path]``
+    (see :func:`resolve_cli_path`); a missing input becomes argparse's own error."""
+    import argparse
+
+    try:
+        return resolve_cli_path(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

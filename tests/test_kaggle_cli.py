@@ -76,6 +76,7 @@ def test_kernels_push_sends_gpu_on_internet_off_sources_and_the_notebook(tmp_pat
     assert [r.call for r in stub.requests] == ["kernels.KernelsApiService/SaveKernel"]
     body = stub.requests[0].json()
     assert body["enableGpu"] is True
+    assert body["machineShape"] == "NvidiaTeslaT4"  # T4 x2, named: enable_gpu alone has landed on a P100
     assert body["enableInternet"] is False
     assert body["isPrivate"] is True
     assert body["kernelType"] == "notebook"

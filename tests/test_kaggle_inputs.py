@@ -80,3 +80,17 @@ def test_cli_paths_with_the_kaggle_prefix(tmp_path: Path) -> None:
     assert resolve_cli_path("runs/models", tmp_path) == Path("runs/models")
     with pytest.raises(ValueError, match="no Kaggle input 'sartorius-fold-models'"):
         resolve_cli_path(f"kaggle:{SLUG}", tmp_path)
+
+
+def test_predict_takes_kaggle_inputs_under_any_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernel_lib.__main__ import build_parser
+
+    competition = make(tmp_path, "competitions", "sartorius-cell-instance-segmentation")
+    models = make(tmp_path, "datasets", "someone", SLUG)
+    monkeypatch.setenv("KAGGLE_INPUT", str(tmp_path))
+    argv = ["predict", "--test-dir", "kaggle:sartorius-cell-instance-segmentation/test", "--models", f"kaggle:{SLUG}"]
+    argv += ["--sample", "kaggle:sartorius-cell-instance-segmentation/sample_submission.csv"]
+    args = build_parser(only="predict").parse_args(argv)
+    assert (args.test_dir, args.models) == (competition / "test", models)
+    assert args.sample == competition / "sample_submission.csv"
+    assert build_parser(only="predict").parse_args(["predict", "--test-dir", "t", "--models", "m"]).models == Path("m")

@@ -10,14 +10,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from kernel_lib.kaggle import cli_path
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--test-dir", required=True, help="folder of <id>.png test images")
-    parser.add_argument("--models", required=True, help="model folder: <name>/config.yaml + model_final.pth")
+    parser.add_argument(
+        "--test-dir", required=True, type=cli_path, help="folder of <id>.png test images (or kaggle:SLUG/test)"
+    )
+    parser.add_argument(
+        "--models",
+        required=True,
+        type=cli_path,
+        help="model folder: <name>/config.yaml + model_final.pth (or kaggle:SLUG: an attached dataset)",
+    )
     parser.add_argument("--out", default="submission.csv", help="submission CSV to write (default submission.csv)")
     parser.add_argument("--config", help="JSON config (written by `tune`); default: built-in defaults")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the models run (default: config)")
-    parser.add_argument("--sample", help="sample_submission.csv: predict and write exactly its ids")
+    parser.add_argument(
+        "--sample", type=cli_path, help="sample_submission.csv: predict and write exactly its ids (or kaggle:SLUG/...)"
+    )
     parser.add_argument("--batch-size", type=int, help="images per model call (default: config)")
     parser.add_argument("--workers", type=int, help="data-loader worker processes (default: config)")
     parser.add_argument("--no-half", action="store_true", help="run float32 on CUDA")
