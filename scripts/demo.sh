@@ -3,11 +3,13 @@
 #
 #   bash scripts/demo.sh [MODELS_DIR]
 #
-# Builds a /kaggle-like tree under demo/ (git-ignored):
-#   demo/kaggle/input/sartorius-cell-instance-segmentation/  test/ (the 3 shipped test images) + sample_submission.csv
-#   demo/kaggle/input/sartorius-offline-bundle/             the dataset build_dataset.py stages
-#   demo/kaggle/input/sartorius-fold-models/                MODELS_DIR (linked), or demonstration checkpoints
-#   demo/kaggle/working/                                     what the notebook writes
+# Builds a /kaggle-like tree under demo/ (git-ignored), in the layout Kaggle mounts for
+# notebooks pushed from the CLI:
+#   demo/kaggle/input/competitions/sartorius-cell-instance-segmentation/  test/ (3 shipped images) + sample_submission.csv
+#   demo/kaggle/input/datasets/demo-user/sartorius-offline-bundle/       the dataset build_dataset.py stages
+#   demo/kaggle/input/datasets/demo-user/sartorius-fold-models/          MODELS_DIR (linked), or demonstration checkpoints
+#   demo/kaggle/working/                                                  what the notebook writes
+# DEMO_LAYOUT=classic puts every input at demo/kaggle/input/<slug>/ instead (the older mount).
 # then executes notebooks/sartorius-inference.ipynb with KAGGLE_INPUT/KAGGLE_WORKING pointing
 # there and saves the executed copy as demo/sartorius-inference.executed.ipynb.
 #
@@ -19,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 if [ $# -gt 1 ]; then
   echo "error: expected at most one argument (MODELS_DIR), got $#; see: bash scripts/demo.sh --help" >&2
   exit 2
@@ -45,14 +47,19 @@ PY=.venv/bin/python
 DEMO=$ROOT/demo
 INPUT=$DEMO/kaggle/input
 WORKING=$DEMO/kaggle/working
-COMPETITION=$INPUT/sartorius-cell-instance-segmentation
-BUNDLE=$INPUT/sartorius-offline-bundle
-MODELS=$INPUT/sartorius-fold-models
+case "${DEMO_LAYOUT:-new}" in
+  new) COMPETITIONS=$INPUT/competitions DATASETS=$INPUT/datasets/demo-user ;;
+  classic) COMPETITIONS=$INPUT DATASETS=$INPUT ;;
+  *) echo "error: DEMO_LAYOUT must be new or classic, got ${DEMO_LAYOUT}" >&2; exit 2 ;;
+esac
+COMPETITION=$COMPETITIONS/sartorius-cell-instance-segmentation
+BUNDLE=$DATASETS/sartorius-offline-bundle
+MODELS=$DATASETS/sartorius-fold-models
 EXECUTED=$DEMO/sartorius-inference.executed.ipynb
 start=$(date +%s)
 
 echo "== 1/4 competition data: the 3 shipped test images -> $COMPETITION"
-rm -rf "$COMPETITION" "$WORKING" "$MODELS" "$EXECUTED"
+rm -rf "$INPUT" "$WORKING" "$EXECUTED"  # one layout at a time: nothing stale for the notebook to find
 mkdir -p "$COMPETITION" "$WORKING"
 cp -r tests/data/test "$COMPETITION/test"
 cp tests/data/sample_submission.csv "$COMPETITION/"
@@ -75,6 +82,11 @@ else
   echo "* Pass your trained fold folders for real predictions: bash scripts/demo.sh runs/models  *"
   echo "******************************************************************************************"
 fi
+
+echo "inputs, as the notebook finds them (kernel_lib.kaggle.find_input):"
+"$PY" -c "import sys; from kernel_lib.kaggle import find_input
+for slug in sys.argv[2:]: print(f'  {slug}: {find_input(slug, sys.argv[1])}')" "$INPUT" \
+  sartorius-cell-instance-segmentation sartorius-offline-bundle sartorius-fold-models
 
 echo "== 4/4 executing notebooks/sartorius-inference.ipynb offline on the CPU (a few minutes)"
 # Offline: pip may not reach any index, and the notebook sees only the demo tree.
