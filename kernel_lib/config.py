@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +51,113 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
         raise ValueError(f"{name}: expected a value in [{lo}, {hi}], got {value!r}")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation in words, for messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return "true or false (a boolean)"
+    if hint is int:
+        return "a whole number (an integer, not a boolean or a decimal)"
+    if hint is float:
+        return "a finite number"
+    if hint is str:
+        return "a string"
+    if hint is type(None):
+        return "null (None)"
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        return f"a list of {len(args)} {_plural(args[0])}" if len(set(args)) == 1 else f"a list {list(args)}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _plural(hint: Any) -> str:
+    return {bool: "booleans", int: "whole numbers", float: "finite numbers", str: "strings"}.get(hint, _describe(hint))
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the annotation ``hint`` (numpy scalars become Python
+    numbers, lists tuples); raises ValueError naming ``name``, the value and the type."""
+
+    def wrong() -> ValueError:
+        return ValueError(f"{name}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise wrong()
+        return value if type(value) is int else int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise wrong()
+        if type(value) in (int, float):
+            return value
+        return int(value) if isinstance(value, numbers.Integral) else float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong()
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise wrong()
+        return value
+    if origin is Literal:
+        if not any(type(value) is type(a) and value == a for a in args):
+            raise wrong()
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _typed(name, value, option)
+            except ValueError:
+                continue
+        raise wrong()
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise wrong()
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        if not items:
+            return tuple(value)
+        # a fixed-length tuple of the wrong length is left to the range checks' message
+        return tuple(_typed(f"{name}[{k}]", v, items[min(k, len(items) - 1)]) for k, v in enumerate(value))
+    if isinstance(hint, type):
+        if not isinstance(value, hint):
+            raise wrong()
+        return value
+    return value  # an annotation this checker does not know: accepted as it is
+
+
+def _check_types(obj: Any) -> None:
+    """Check every field of the dataclass ``obj`` against its annotation: bool is bool,
+    int is int (not bool, not float), floats are finite numbers, strings are strings,
+    ``X | None`` allows None, tuples hold the annotated items; values are normalised in
+    place (a list becomes a tuple, a numpy scalar a Python number).
+
+    Raises:
+        ValueError: ``<field>: expected <type>, got <value> (<its type>)``.
+    """
+    klass = type(obj)
+    hints = _HINTS.get(klass)
+    if hints is None:
+        hints = _HINTS[klass] = typing.get_type_hints(klass)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        checked = _typed(f.name, value, hints[f.name])
+        if checked is not value:
+            object.__setattr__(obj, f.name, checked)
+
+
 @dataclass(frozen=True)
 class PostprocessConfig:
     """Per-cell-type post-processing of one image's instances.
@@ -73,6 +184,7 @@ class PostprocessConfig:
     mask_threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        _check_types(self)
         _check_per_type("score_threshold", self.score_threshold, 0.0, 1.0)
         _check_per_type("min_area", self.min_area, 0, IMAGE_HEIGHT * IMAGE_WIDTH)
         _check_per_type("min_kept_fraction", self.min_kept_fraction, 0.0, 1.0)
@@ -126,6 +238,7 @@ class EnsembleConfig:
     detections_per_image: int = 1000
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.method not in ENSEMBLE_METHODS:
             raise ValueError(f"method: expected one of {', '.join(ENSEMBLE_METHODS)}, got {self.method!r}")
         if not self.tta:
@@ -176,6 +289,7 @@ class InferenceConfig:
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         _check_range("batch_size", self.batch_size, 1, 64)
@@ -193,11 +307,19 @@ class Config:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write the config as JSON; ``path`` is replaced only when the file is complete."""
+        from kernel_lib.outputs import atomic_output
+
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        with atomic_output(path) as tmp:
+            tmp.write_text(text)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
