@@ -25,8 +25,9 @@ reported as an :class:`AnnotationProblem`, never trained on:
 - a ``cell_type`` not in :data:`~kernel_lib.config.CELL_TYPES`, or not the image's;
 - a duplicated row (the same pixels as an earlier row of the same image).
 
-Images whose file is missing or unreadable, or with no valid row left, are reported
-(``row = -1``) and left out.
+Images whose file is missing, unreadable, not of the competition's 520x704 frame,
+or given twice (``x.png`` and ``x.jpg``), or with no valid row left, are reported
+(``row = -1``) and left out. Hidden files (``._x.png``) are never read.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ import numpy as np
 import pandas as pd
 import pycocotools.mask as mask_util
 
-from kernel_lib.config import CELL_TYPES
-from kernel_lib.images import IMAGE_SUFFIXES, read_image
+from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE
+from kernel_lib.images import IMAGE_SUFFIXES, read_image, shape_problem
 from kernel_lib.masks import CropMasks
 from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices
 from kernel_lib.tables import read_csv
@@ -149,12 +150,13 @@ def segmentation_mask(segmentation: dict[str, Any]) -> np.ndarray:
     return mask_util.decode(segmentation).astype(bool)
 
 
-def _image_path(image_dir: Path, image_id: str) -> Path | None:
-    for suffix in IMAGE_SUFFIXES:
-        path = image_dir / f"{image_id}{suffix}"
-        if path.is_file():
-            return path
-    return None
+def _image_paths(image_dir: Path, image_id: str) -> list[Path]:
+    """The image files of ``image_id`` (``<id>.png``, ``<id>.jpg``, ...; hidden files never)."""
+    if image_id.startswith("."):
+        return []
+    return [
+        image_dir / f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES if (image_dir / f"{image_id}{suffix}").is_file()
+    ]
 
 
 def _as_int(text: str) -> int | None:
@@ -253,6 +255,7 @@ def load_dataset_dicts(
     *,
     train_csv: str | Path | None = None,
     image_dir: str | Path | None = None,
+    image_shape: tuple[int, int] | None = IMAGE_SHAPE,
 ) -> TrainingData:
     """detectron2 dataset dicts for the annotated images of a competition folder.
 
@@ -263,6 +266,8 @@ def load_dataset_dicts(
             without an image file is reported, not an error.
         train_csv: train.csv to read instead of ``data_dir/train.csv``.
         image_dir: image folder instead of ``data_dir/train``.
+        image_shape: the (H, W) frame every image must have (the competition's); an
+            image of another is reported and left out. None: any frame.
 
     Returns:
         :class:`TrainingData` (dicts, problems, rows used).
@@ -288,16 +293,27 @@ def load_dataset_dicts(
         if rows is None:
             problems.append(AnnotationProblem(image_id, IMAGE_ROW, f"no row in {csv_path}; image left out"))
             continue
-        path = _image_path(image_dir, image_id)
-        if path is None:
+        found_paths = _image_paths(image_dir, image_id)
+        if not found_paths:
             problems.append(
                 AnnotationProblem(image_id, IMAGE_ROW, f"no image file {image_dir / image_id}.png; left out")
             )
             continue
+        if len(found_paths) > 1:
+            names = " and ".join(p.name for p in found_paths)
+            problems.append(
+                AnnotationProblem(image_id, IMAGE_ROW, f"two image files for one id in {image_dir}: {names}; left out")
+            )
+            continue
+        path = found_paths[0]
         try:
-            shape = read_image(path).shape
+            shape = read_image(path, shape=None).shape
         except ValueError as err:
             problems.append(AnnotationProblem(image_id, IMAGE_ROW, f"{err}; left out"))
+            continue
+        wrong = shape_problem(path, shape, image_shape) if image_shape is not None else None
+        if wrong:
+            problems.append(AnnotationProblem(image_id, IMAGE_ROW, f"{wrong}; left out"))
             continue
         valid, found = check_image_rows(image_id, rows, (int(shape[0]), int(shape[1])))
         problems.extend(found)

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from kernel_lib.folds import read_folds
 from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_scores
+from kernel_lib.outputs import atomic_output
 from kernel_lib.rle import rle_decode_crops
 from kernel_lib.tables import read_csv
 
@@ -233,19 +236,17 @@ def compact(inst: SoftInstances) -> SoftInstances:
 def save_instances(path: str | Path, inst: SoftInstances, key: str) -> None:
     """Write one image's fused instances (compressed .npz, masks float16)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(
-        tmp,
-        key=np.array(key),
-        version=np.array(CACHE_VERSION),
-        boxes=inst.boxes.astype(np.float32),
-        scores=inst.scores.astype(np.float32),
-        classes=inst.classes.astype(np.int8),
-        masks=inst.masks.astype(np.float16),
-        shape=np.array(inst.shape, np.int32),
-    )
-    tmp.replace(path)
+    with atomic_output(path, durable=False) as tmp:
+        np.savez_compressed(
+            tmp,
+            key=np.array(key),
+            version=np.array(CACHE_VERSION),
+            boxes=inst.boxes.astype(np.float32),
+            scores=inst.scores.astype(np.float32),
+            classes=inst.classes.astype(np.int8),
+            masks=inst.masks.astype(np.float16),
+            shape=np.array(inst.shape, np.int32),
+        )
 
 
 def load_instances(path: str | Path, key: str | None = None) -> SoftInstances | None:
@@ -269,8 +270,12 @@ def load_instances(path: str | Path, key: str | None = None) -> SoftInstances | 
                 data["masks"].astype(np.float32),
                 tuple(int(v) for v in data["shape"]),  # type: ignore[arg-type]
             )
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"cache file {path} is unreadable ({err}); delete it to predict the image again") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise ValueError(
+            f"cache entry {path} is unreadable ({reason}; truncated or not written by evaluate); "
+            f"delete it and run evaluate again to predict that image anew"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -446,7 +451,11 @@ def evaluate(
     keys = {i: cache_key(assigned[i], config, _file_digest(paths[i])) for i in assigned}
     instances: dict[str, SoftInstances] = {}
     for i in assigned:
-        hit = load_instances(cache / f"{i}.npz", keys[i]) if cache is not None else None
+        try:
+            hit = load_instances(cache / f"{i}.npz", keys[i]) if cache is not None else None
+        except ValueError:  # a truncated or foreign entry: predicted again and rewritten
+            notes.append(f"cache entry {cache / f'{i}.npz'} was unreadable (truncated?): predicted again")
+            hit = None
         if hit is not None:
             instances[i] = hit
     cached = len(instances)
@@ -511,10 +520,8 @@ def write_manifest(cache_dir: str | Path, entries: Sequence[CacheEntry], config:
             for e in entries
         ],
     }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(cache_dir / MANIFEST)
+    with atomic_output(cache_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
     return cache_dir / MANIFEST
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kernel_lib.config import CELL_TYPES
+from kernel_lib.outputs import atomic_output
 from kernel_lib.tables import read_csv
 
 FOLDS_COLUMNS: tuple[str, str, str] = ("id", "cell_type", "fold")
@@ -91,13 +92,13 @@ def make_folds(train: str | Path | pd.DataFrame, n_folds: int = 5, seed: int = 0
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> Path:
-    """Write a folds table as ``id,cell_type,fold`` CSV; returns the path."""
+    """Write a folds table as ``id,cell_type,fold`` CSV (replaced only when complete); returns the path."""
     missing = set(FOLDS_COLUMNS) - set(folds.columns)
     if missing:
         raise ValueError(f"folds table: expected columns {list(FOLDS_COLUMNS)}, missing {sorted(missing)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folds[list(FOLDS_COLUMNS)].to_csv(path, index=False)
+    with atomic_output(path) as tmp:
+        folds[list(FOLDS_COLUMNS)].to_csv(tmp, index=False)
     return path
 
 

@@ -279,14 +279,16 @@ class ScoreReport:
         return len(self.per_image)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready: score, n_images, per_cell_type (with counts), per_threshold, per_image."""
+        """JSON-ready: score, n_images, per_cell_type (with counts), per_threshold, per_image.
+
+        A mean over no image (NaN: nothing was scored) is ``None`` (JSON ``null``)."""
         counts = self.per_image["cell_type"].value_counts().to_dict()
         return {
-            "score": self.score,
+            "score": _finite_or_none(self.score),
             "n_images": self.n_images,
-            "per_cell_type": dict(self.per_cell_type),
+            "per_cell_type": {k: _finite_or_none(v) for k, v in self.per_cell_type.items()},
             "n_images_per_cell_type": {k: int(counts.get(k, 0)) for k in self.per_cell_type},
-            "per_threshold": {f"{t:.2f}": v for t, v in self.per_threshold.items()},
+            "per_threshold": {f"{t:.2f}": _finite_or_none(v) for t, v in self.per_threshold.items()},
             "per_image": [
                 {
                     "id": r.id,
@@ -298,6 +300,10 @@ class ScoreReport:
                 for r in self.per_image.itertuples(index=False)
             ],
         }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def report_from_scores(scores: Mapping[str, ImageScore], cell_types: Mapping[str, str] | None = None) -> ScoreReport:
@@ -416,8 +422,8 @@ def score_submission(
     cell_types: dict[str, str] = {}
     no_rows = np.zeros(0, np.int64)
     for image_id in iterator:
-        t_rows = t_groups[image_id]
-        t_rows = t_rows[t_rles[t_rows] != ""]  # an id with only an empty row: no truth
+        t_group = t_groups[image_id]
+        t_rows = t_group[t_rles[t_group] != ""]  # an id with only empty rows: no truth
         p_rows = p_groups.get(image_id, no_rows)
         p_rows = p_rows[p_rles[p_rows] != ""]
         t_px = _pixels_or_error(t_rles, t_rows, shape, truth_source, image_id)
@@ -425,7 +431,7 @@ def score_submission(
         t, p, iou = sparse_iou(t_px, p_px, height * width)
         tp, fp, fn = match_counts(t_px[2], p_px[2], t, p, iou, thresholds)
         scores[image_id] = ImageScore(tp, fp, fn, t_px[2], p_px[2], tuple(thresholds))
-        cell_types[image_id] = str(cell[t_rows[0]]) if cell is not None else ""
+        cell_types[image_id] = str(cell[t_group[0]]) if cell is not None else ""
     return report_from_scores(scores, cell_types)
 
 

@@ -22,6 +22,7 @@ from kernel_lib.config import CELL_TYPES
 from kernel_lib.evaluate import Evaluation, Truth
 from kernel_lib.images import read_image
 from kernel_lib.masks import CropMasks
+from kernel_lib.outputs import atomic_output
 from kernel_lib.visualize import side_by_side
 
 _STYLE = """
@@ -158,8 +159,10 @@ def write_report(
     worst: int = 6,
     title: str = "Out-of-fold evaluation",
 ) -> Path:
-    """Write :func:`render_html` to ``path`` (folders created); returns the path."""
+    """Write :func:`render_html` to ``path`` (folders created; the file is replaced
+    only when complete); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(evaluation, predictions, truth, images_dir, worst, title), encoding="utf-8")
+    text = render_html(evaluation, predictions, truth, images_dir, worst, title)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

@@ -16,10 +16,18 @@ from pathlib import Path
 import numpy as np
 
 from kernel_lib.config import IMAGE_SHAPE
+from kernel_lib.outputs import atomic_output
 from kernel_lib.rle import parse_runs, rle_problems, runs_to_indices
 from kernel_lib.tables import read_csv_columns
 
-__all__ = ["SUBMISSION_COLUMNS", "Problem", "read_csv_columns", "validate_submission", "write_submission"]
+__all__ = [
+    "SUBMISSION_COLUMNS",
+    "Problem",
+    "id_problems",
+    "read_csv_columns",
+    "validate_submission",
+    "write_submission",
+]
 
 SUBMISSION_COLUMNS: tuple[str, str] = ("id", "predicted")
 
@@ -42,12 +50,25 @@ class Problem:
         return f"{self.id or '-'}: {self.what} ({self.where})"
 
 
+def id_problems(ids: Sequence[str]) -> list[str]:
+    """The ids that cannot be written as a submission row (empty, or with a comma, a
+    quote, a newline or surrounding spaces), each as ``repr``; ``[]`` when all can."""
+    return [repr(i) for i in ids if not i or i != i.strip() or any(ch in i for ch in ',"\n\r')]
+
+
 def write_submission(
     predictions: Mapping[str, Sequence[str]],
     path: str | Path,
     ids: Sequence[str] | None = None,
+    *,
+    validate: bool = True,
+    shape: tuple[int, int] = IMAGE_SHAPE,
 ) -> Path:
-    """Write ``submission.csv``.
+    """Write ``submission.csv``, validated, replacing ``path`` only when it is valid.
+
+    The file is written beside ``path`` under a temporary name, checked with
+    :func:`validate_submission`, and renamed into place only then; when anything fails
+    (a problem found, a full disk, an interrupt) ``path`` keeps its previous content.
 
     Args:
         predictions: image id -> RLE strings of its instances (empty strings are skipped).
@@ -55,12 +76,15 @@ def write_submission(
         ids: every id that must appear, in this order (e.g. the test folder's or the
             sample submission's); an id without predictions gets one empty row.
             ``None``: the ids of ``predictions``, in its order.
+        validate: check the written file before it replaces ``path``.
+        shape: (H, W) of every image, for the check.
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: ``predictions`` has an id that ``ids`` lacks.
+        ValueError: ``predictions`` has an id that ``ids`` lacks, an id cannot be a CSV
+            cell, or the written file has problems (listed; ``path`` is untouched).
     """
     order = list(predictions) if ids is None else [str(i) for i in ids]
     if ids is not None:
@@ -70,22 +94,31 @@ def write_submission(
                 f"write_submission: predictions for {len(extra)} id(s) not among the expected ids, "
                 f"e.g. {extra[:3]}; pass ids that include them or drop those predictions"
             )
-    bad_ids = [i for i in order if not i or any(ch in i for ch in ',"\n\r')]
+    bad_ids = id_problems(order)
     if bad_ids:
         raise ValueError(
-            f"write_submission: ids must be non-empty without commas, quotes or newlines, got {bad_ids[:3]}"
+            "write_submission: ids must be non-empty, without commas, quotes, newlines or surrounding "
+            f"spaces, got {', '.join(bad_ids[:3])}; rename those image files"
         )
     path = Path(path)
-    with path.open("w", newline="") as f:
-        f.write("id,predicted\n")
-        lines: list[str] = []
-        for image_id in order:
-            rles = [r for r in predictions.get(image_id, ()) if r]
-            if rles:
-                lines.extend(f"{image_id},{r}\n" for r in rles)
-            else:
-                lines.append(f"{image_id},\n")
-        f.writelines(lines)
+    lines = ["id,predicted\n"]
+    for image_id in order:
+        rles = [r for r in predictions.get(image_id, ()) if r]
+        if rles:
+            lines.extend(f"{image_id},{r}\n" for r in rles)
+        else:
+            lines.append(f"{image_id},\n")
+    with atomic_output(path) as tmp:
+        with tmp.open("w", newline="") as f:
+            f.writelines(lines)
+        if validate:
+            problems = validate_submission(tmp, shape=shape)
+            if problems:
+                listed = "; ".join(str(p) for p in problems[:5])
+                kept = "the previous file is untouched" if path.exists() else "nothing was written"
+                raise ValueError(
+                    f"{path}: not written ({kept}): the submission would have {len(problems)} problem(s): {listed}"
+                )
     return path
 
 

@@ -65,7 +65,7 @@ def test_hand_built_rows_and_every_kind_of_broken_row(tmp_path: Path) -> None:
         ("b", "", W, H, "cort"),  # 10 the only row of b is empty -> b left out
     ]
     root = _write_pack(tmp_path / "pack", rows, {"a": (H, W), "b": (H, W)})
-    data = load_dataset_dicts(root)
+    data = load_dataset_dicts(root, image_shape=(H, W))
 
     assert [(p.id, p.row) for p in data.problems] == [
         ("a", 1),
@@ -111,12 +111,12 @@ def test_hand_built_rows_and_every_kind_of_broken_row(tmp_path: Path) -> None:
 def test_missing_image_unknown_id_and_nothing_usable(tmp_path: Path) -> None:
     rows = [("a", "1 2", W, H, "cort"), ("c", "1 2", W, H, "cort")]
     root = _write_pack(tmp_path / "pack", rows, {"a": (H, W)})
-    data = load_dataset_dicts(root, ["a", "c", "zzz"])
+    data = load_dataset_dicts(root, ["a", "c", "zzz"], image_shape=(H, W))
     assert [d["image_id"] for d in data.dicts] == ["a"]
     assert {(p.id, p.row) for p in data.problems} == {("c", IMAGE_ROW), ("zzz", IMAGE_ROW)}
     assert "no image file" in next(p.what for p in data.problems if p.id == "c")
     with pytest.raises(ValueError, match="no usable annotated image"):
-        load_dataset_dicts(root, ["c"])
+        load_dataset_dicts(root, ["c"], image_shape=(H, W))
     with pytest.raises(ValueError, match=r"train\.csv"):
         load_dataset_dicts(tmp_path / "nowhere")
 
@@ -125,7 +125,7 @@ def test_image_size_other_than_the_rows_say(tmp_path: Path) -> None:
     """Rows written for a 4x6 frame do not fit a 5x6 image file: reported, not reinterpreted."""
     root = _write_pack(tmp_path / "pack", [("a", "1 2", W, H, "cort")], {"a": (H + 1, W)})
     with pytest.raises(ValueError, match="6 x 5"):
-        load_dataset_dicts(root)
+        load_dataset_dicts(root, image_shape=None)
 
 
 def test_shipped_sample_masks_reencode_to_the_original_rle(data_dir: Path) -> None:
@@ -161,3 +161,26 @@ def test_mini_pack_duplicated_rows_are_reported(mini_dir: Path) -> None:
     for problem in data.problems:
         original = int(problem.what.split("row ")[1].split(" ")[0])
         assert truth.loc[problem.row, "annotation"] == truth.loc[original, "annotation"]
+
+
+def test_images_of_another_frame_twice_or_hidden_are_left_out(tmp_path: Path) -> None:
+    """The training reader checks every image against the expected frame (520x704 by
+    default; a 4x6 one here), reports an id with two files, and never reads ``._x.png``."""
+    rows = [
+        ("a", "1 2", W, H, "cort"),  # fine
+        ("t", "1 2", H, W, "cort"),  # a 6x4 (turned) image, rows written for it
+        ("d", "1 2", W, H, "cort"),  # d.png and d.jpg
+        ("._a", "1 2", W, H, "cort"),  # a macOS resource file's name as an id
+    ]
+    root = _write_pack(tmp_path / "pack", rows, {"a": (H, W), "t": (W, H), "d": (H, W), "._a": (H, W)})
+    cv2.imwrite(str(root / "train" / "d.jpg"), np.full((H, W), 100, np.uint8))
+    data = load_dataset_dicts(root, image_shape=(H, W))
+    assert [d["image_id"] for d in data.dicts] == ["a"]
+    what = {p.id: p.what for p in data.problems}
+    assert set(what) == {"t", "d", "._a"}
+    assert "t.png is 6x4 (height x width), expected 4x6" in what["t"] and "90 degrees" in what["t"]
+    assert "d.png and d.jpg" in what["d"]
+    assert "no image file" in what["._a"]
+    # the competition frame by default: a 4x6 image is not 520x704
+    with pytest.raises(ValueError, match=r"a\.png is 4x6 \(height x width\), expected 520x704"):
+        load_dataset_dicts(root, ["a"])

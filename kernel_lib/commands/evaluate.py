@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from kernel_lib.config import load_config
 from kernel_lib.metric import ScoreReport
@@ -37,9 +38,16 @@ def print_report(report: ScoreReport, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kernel_lib.evaluate import evaluate
+    from kernel_lib.evaluate import MANIFEST, evaluate
+    from kernel_lib.outputs import check_output, note_output
 
     config = load_config(args.config)
+    if not args.no_cache:
+        cache = Path(args.cache)
+        if cache.exists() and not cache.is_dir():
+            raise ValueError(f"--cache {cache} is a file, not a folder; pass a folder for the instance cache")
+        inputs = {"--truth": args.truth, "--folds": args.folds, "--config": args.config}
+        note_output(check_output(cache / MANIFEST, inputs, flag="--cache"))
     result = evaluate(
         args.truth,
         args.images,

@@ -6,6 +6,7 @@ import argparse
 
 from kernel_lib.config import CELL_TYPES
 from kernel_lib.folds import make_folds, write_folds
+from kernel_lib.outputs import check_output, note_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    note_output(check_output(args.out, {"--truth": args.truth}))
     folds = make_folds(args.truth, n_folds=args.n_folds, seed=args.seed)
     path = write_folds(folds, args.out)
     counts = folds.groupby(["fold", "cell_type"]).size().unstack(fill_value=0).reindex(columns=list(CELL_TYPES))

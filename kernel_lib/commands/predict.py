@@ -37,9 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.config import load_config
+    from kernel_lib.images import list_images
+    from kernel_lib.outputs import check_output, note_output
     from kernel_lib.pipeline import run_inference
+    from kernel_lib.submission import id_problems, read_csv_columns
 
     config = load_config(args.config)
+    # everything that can be checked before the models run: the images (one file per
+    # id, the competition's frame), the ids as CSV cells, and the output path
+    paths = list_images(args.test_dir)
+    inputs = {"--sample": args.sample, "--config": args.config}
+    inputs.update({f"--test-dir image {p.name}": p for p in paths})
+    note_output(check_output(args.out, inputs))
+    ids = [p.stem for p in paths]
+    if args.sample is not None:
+        sample = read_csv_columns(args.sample, ("id",), "pass the competition's sample_submission.csv")
+        ids = list(dict.fromkeys(sample["id"].str.strip()))  # as run_inference reads them
+    bad = id_problems(ids)
+    if bad:
+        where = args.sample or args.test_dir
+        raise ValueError(
+            f"{len(bad)} id(s) of {where} cannot be written as a submission row (empty, a comma, a quote, a "
+            f"newline or surrounding spaces), e.g. {', '.join(bad[:3])}; rename them"
+        )
     overrides = {}
     if args.device is not None:
         overrides["device"] = args.device

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.config import load_config
-    from kernel_lib.evaluate import evaluate_cache, read_truth
+    from kernel_lib.evaluate import MANIFEST, evaluate_cache, read_truth
+    from kernel_lib.images import IMAGE_SUFFIXES
+    from kernel_lib.outputs import check_output, note_output
     from kernel_lib.report import write_report
 
     config = load_config(args.config) if args.config else None
+    inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": Path(args.cache) / MANIFEST}
+    if args.images and Path(args.images).is_dir() and Path(args.out).suffix.lower() in IMAGE_SUFFIXES:
+        inputs.update({f"--images file {p.name}": p for p in Path(args.images).iterdir()})
+    note_output(check_output(args.out, inputs))
     evaluation, predictions = evaluate_cache(args.truth, args.cache, config)
     truth = read_truth(args.truth, ids=predictions)
     path = write_report(args.out, evaluation, predictions, truth, args.images, args.worst, args.title)

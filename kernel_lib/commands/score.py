@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=IMAGE_SHAPE[1], help=f"image width (default {IMAGE_SHAPE[1]})")
 
 
-def format_report(report: ScoreReport) -> str:
-    """The tables: overall, per cell type (images, score), per IoU threshold."""
+def format_report(report: ScoreReport, why_none: str = "") -> str:
+    """The tables: overall, per cell type (images, score), per IoU threshold; with no
+    image scored, one line saying so (and ``why_none``) instead."""
+    if report.n_images == 0:
+        return "score: none, no image was scored" + (f" ({why_none})" if why_none else "")
     lines = [f"score {report.score:.4f} over {report.n_images} image(s)", "", "cell type   images   score"]
     counts = report.per_image["cell_type"].value_counts()
     for cell_type, value in report.per_cell_type.items():
@@ -53,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     if args.json:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps(report.to_dict(), allow_nan=False))  # no image: "score": null, not NaN
     else:
-        print(format_report(report))
+        why = (
+            f"--only-predicted and {args.pred} has no id"
+            if args.only_predicted
+            else f"{args.truth} has no image; pass the competition's train.csv"
+        )
+        print(format_report(report, why))
     return 0

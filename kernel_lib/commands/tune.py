@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from kernel_lib.config import load_config
-from kernel_lib.evaluate import read_manifest
+from kernel_lib.evaluate import MANIFEST, read_manifest
+from kernel_lib.outputs import atomic_output, check_output, note_output
 from kernel_lib.tune import InstanceTable, Setting, images_from_cache, tune_postprocess
 
 
@@ -37,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
     given = load_config(args.config) if args.config else None
     if args.trials < 1:
         raise ValueError(f"--trials: expected at least 1, got {args.trials}")
+    inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": Path(args.cache) / MANIFEST}
+    note_output(check_output(args.out, inputs))
+    if args.history:
+        note_output(check_output(args.history, {**inputs, "--out": args.out}, flag="--history"))
 
     _, used = read_manifest(args.cache)
     base = given or used
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     best.to_json(args.out)
     print(f"wrote {args.out} (pass it as --config to evaluate/predict, or load_config in the notebook)")
     if args.history:
-        result.history.to_csv(args.history, index=False)
+        with atomic_output(args.history) as tmp:
+            result.history.to_csv(tmp, index=False)
         print(f"wrote {args.history}")
     return 0
