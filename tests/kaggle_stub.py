@@ -8,8 +8,8 @@ with a JSON body, where ``KAGGLE_API_ENVIRONMENT=LOCALHOST`` makes the endpoint
 The stub listens on 127.0.0.1:80 when it can bind there; otherwise (port taken or no
 privilege) it listens on a free port and the CLI reaches it as its HTTP proxy, which sees
 the same requests with absolute URLs. It records every request, answers the few calls
-that kernel push and dataset create/version make, and stops itself after
-``max_requests`` requests or ``deadline_s`` seconds.
+that kernel push and status, dataset create/version and code submissions make, and
+stops itself after ``max_requests`` requests or ``deadline_s`` seconds.
 """
 
 from __future__ import annotations
@@ -52,11 +52,16 @@ class StubKaggle:
     Attributes:
         existing: dataset refs (``owner/slug``) that GetDatasetStatus reports as ready;
             any other dataset is answered 404 (not found).
+        kernel_statuses: what successive GetKernelSessionStatus calls answer (the last
+            one repeats), KernelWorkerStatus names: QUEUED, RUNNING, COMPLETE, ERROR, ...
+        failure_message: sent with every kernel status (as Kaggle does for ERROR).
         max_requests: the stub answers 503 and shuts down after this many requests.
         deadline_s: the stub shuts down after this many seconds whatever happens.
     """
 
     existing: set[str] = field(default_factory=set)
+    kernel_statuses: list[str] = field(default_factory=lambda: ["COMPLETE"])
+    failure_message: str = ""
     max_requests: int = 40
     deadline_s: float = 120.0
     requests: list[Recorded] = field(default_factory=list)
@@ -136,6 +141,12 @@ class StubKaggle:
         if call == "kernels.KernelsApiService/SaveKernel":
             slug = record.json().get("slug", "")
             return 200, {"ref": f"/code/{slug}", "url": f"http://localhost/code/{slug}", "versionNumber": 1}
+        if call == "kernels.KernelsApiService/GetKernelSessionStatus":
+            asked = sum(r.call == call for r in self.requests)
+            status = self.kernel_statuses[min(asked, len(self.kernel_statuses)) - 1]
+            return 200, {"status": status, "failureMessage": self.failure_message}
+        if call == "competitions.CompetitionApiService/CreateCodeSubmission":
+            return 200, {"message": "Your submission was successfully saved", "ref": 4242}
         if call == "datasets.DatasetApiService/GetDatasetStatus":
             body = record.json()
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"

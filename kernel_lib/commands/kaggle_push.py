@@ -1,0 +1,315 @@
+"""``python -m kernel_lib kaggle-push --models DIR --user NAME [--wait] [--submit -m MSG] [--dry-run]``.
+
+From trained fold folders to a pushed (and optionally submitted) Kaggle notebook, every
+step through the real ``kaggle`` CLI, each command printed before it runs:
+
+1. the bundle dataset (``build_dataset.py``'s staged folder, ``--bundle``) and the
+   model-weights dataset (``--models``): ``kaggle datasets version`` when the dataset
+   exists, else ``kaggle datasets create`` (both ``--dir-mode zip``, so sub-folders go up);
+2. the inference notebook, in a kernel folder (``--work``) with a ``kernel-metadata.json``
+   naming both datasets, the competition, GPU on (``--accelerator``), internet off:
+   ``kaggle kernels push``;
+3. ``--wait``: ``kaggle kernels status`` until the run is complete;
+4. ``--submit -m MSG``: ``kaggle competitions submit`` of that version's submission.csv
+   (implies ``--wait``).
+
+It stops at the first command that fails, with the CLI's own message. ``--dry-run`` only
+prints the commands and the metadata it would write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPETITION = "sartorius-cell-instance-segmentation"
+PLACEHOLDER_USER = "your-kaggle-username"
+DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
+"""Kaggle's "GPU T4 x2" (the kaggle CLI's machine_shape name); the retired P100 runs on a T4 anyway."""
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_ERROR = re.compile(r"\berror\b", re.IGNORECASE)
+_DONE = {"COMPLETE"}
+_FAILED = {"ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", required=True, type=Path, help="folder of fold folders (config.yaml + model_final.pth)"
+    )
+    parser.add_argument("--user", required=True, help="your Kaggle user name (owner of the datasets and the notebook)")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=ROOT / "build" / "kaggle-dataset",
+        help="the bundle dataset folder staged by build_dataset.py (default build/kaggle-dataset)",
+    )
+    parser.add_argument(
+        "--notebook",
+        type=Path,
+        default=ROOT / "notebooks" / "sartorius-inference.ipynb",
+        help="the inference notebook to push (default notebooks/sartorius-inference.ipynb)",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "build" / "kaggle-kernel",
+        help="kernel folder written for `kaggle kernels push` (default build/kaggle-kernel)",
+    )
+    parser.add_argument("--bundle-slug", default="sartorius-offline-bundle", help="bundle dataset slug")
+    parser.add_argument("--models-slug", default="sartorius-fold-models", help="model-weights dataset slug")
+    parser.add_argument("--kernel-slug", default="sartorius-inference", help="notebook slug")
+    parser.add_argument(
+        "--accelerator",
+        default=DEFAULT_ACCELERATOR,
+        help=f"kernel-metadata.json machine_shape (default {DEFAULT_ACCELERATOR}: GPU T4 x2)",
+    )
+    parser.add_argument("--notes", default="pushed by kernel_lib kaggle-push", help="dataset version notes")
+    parser.add_argument("--wait", action="store_true", help="wait until the notebook's run is complete")
+    parser.add_argument("--timeout", type=float, default=9 * 3600, help="--wait: give up after this many seconds")
+    parser.add_argument("--poll", type=float, default=60.0, help="--wait: seconds between status checks (default 60)")
+    parser.add_argument("--submit", action="store_true", help="submit the pushed version (implies --wait)")
+    parser.add_argument("-m", "--message", default="", help="--submit: the submission's description")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands (and metadata), run nothing")
+
+
+# --------------------------------------------------------------------------- checks and metadata
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Everything that can be checked before the first command runs.
+
+    Raises:
+        ValueError: naming the option, what was expected and what came.
+    """
+    if not _SLUG.match(args.user) or args.user == PLACEHOLDER_USER:
+        raise ValueError(f"--user: expected your Kaggle user name (letters, digits, dashes), got {args.user!r}")
+    for option in ("bundle_slug", "models_slug", "kernel_slug"):
+        slug = getattr(args, option)
+        if not _SLUG.match(slug) or not 6 <= len(slug) <= 50:
+            raise ValueError(f"--{option.replace('_', '-')}: expected 6-50 letters, digits or dashes, got {slug!r}")
+    if args.submit and not args.message:
+        raise ValueError("--submit needs -m MESSAGE: the submission's description")
+    if args.poll < 0 or args.timeout <= 0:
+        raise ValueError(f"--poll must be >= 0 and --timeout > 0 seconds, got {args.poll} and {args.timeout}")
+    models: Path = args.models
+    if not models.is_dir() or not any(models.glob("*/model_final.pth")):
+        raise ValueError(
+            f"--models {models}: expected a folder of fold folders, each with config.yaml and model_final.pth "
+            f"(what `python -m kernel_lib train --out` fills)"
+        )
+    bundle: Path = args.bundle
+    if not any((bundle / "wheels").glob("sal_detectron2-*.whl")) or not (bundle / "dataset-metadata.json").is_file():
+        raise ValueError(
+            f"--bundle {bundle}: no staged bundle dataset there (wheels/sal_detectron2-*.whl, dataset-metadata.json); "
+            f"stage it first: python build_dataset.py --id {args.user}/{args.bundle_slug} --out {bundle}"
+        )
+    if not args.notebook.is_file():
+        raise ValueError(f"--notebook {args.notebook} does not exist; pass the inference notebook (.ipynb) to push")
+    if args.work.resolve() in (ROOT, models.resolve(), bundle.resolve()):
+        raise ValueError(f"--work {args.work}: pass a folder of its own (it is rewritten), e.g. build/kaggle-kernel")
+
+
+def dataset_metadata(folder: Path, dataset_id: str, title: str) -> dict[str, object]:
+    """``folder/dataset-metadata.json`` with ``id`` set (title and licence kept when present)."""
+    path = folder / "dataset-metadata.json"
+    meta: dict[str, object] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); fix it or delete it") from None
+        if isinstance(loaded, dict):
+            meta = loaded
+    meta.setdefault("title", title)
+    meta.setdefault("licenses", [{"name": "other"}])
+    meta["id"] = dataset_id
+    return meta
+
+
+def kernel_metadata(args: argparse.Namespace, code_file: str) -> dict[str, object]:
+    """The kernel-metadata.json pushed: GPU on (``machine_shape``), internet off, three sources."""
+    return {
+        "id": f"{args.user}/{args.kernel_slug}",
+        "title": " ".join(part.capitalize() for part in args.kernel_slug.split("-")),
+        "code_file": code_file,
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "machine_shape": args.accelerator,
+        "dataset_sources": [f"{args.user}/{args.bundle_slug}", f"{args.user}/{args.models_slug}"],
+        "competition_sources": [COMPETITION],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+
+
+def notebook_text(path: Path, models_slug: str) -> str:
+    """The notebook's JSON with its parameters cell set to read ``models_slug``."""
+    notebook = json.loads(path.read_text())
+    pattern = re.compile(r'^MODELS_DATASET = "[^"]*"', re.MULTILINE)
+    hits = 0
+    for cell in notebook.get("cells", []):
+        source = "".join(cell.get("source", []))
+        if cell.get("cell_type") == "code" and pattern.search(source):
+            cell["source"] = pattern.sub(f'MODELS_DATASET = "{models_slug}"', source)
+            hits += 1
+    if hits != 1:
+        raise ValueError(f'{path}: expected one code cell setting MODELS_DATASET = "...", found {hits}')
+    return json.dumps(notebook, indent=1, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------- the kaggle CLI
+
+
+def kaggle_executable() -> str:
+    local = Path(sys.executable).parent / "kaggle"
+    if local.is_file():
+        return str(local)
+    found = shutil.which("kaggle")
+    if found is None:
+        raise ValueError("the `kaggle` command is not installed; pip install kaggle (scripts/setup_env.sh does)")
+    return found
+
+
+def show(args: Sequence[str]) -> str:
+    return "$ kaggle " + " ".join(f"'{a}'" if (" " in a or not a) else a for a in args)
+
+
+def run_kaggle(args: Sequence[str], check: bool = True) -> tuple[int, str]:
+    """Run ``kaggle ARGS``, printing the command and streaming its output; (status, output).
+
+    Raises:
+        ValueError: with ``check``, when it exits non-zero or reports an error; the
+            message holds the CLI's last lines.
+    """
+    print(show(args), flush=True)
+    process = subprocess.Popen(
+        [kaggle_executable(), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    for line in process.stdout or ():
+        print(line, end="", flush=True)
+        lines.append(line)
+    status = process.wait()
+    text = "".join(lines)
+    if check and (status != 0 or _ERROR.search(text)):
+        said = "\n".join(line.rstrip() for line in lines[-8:] if line.strip()) or "(no output)"
+        raise ValueError(
+            f"`kaggle {' '.join(args[:2])}` failed (exit status {status}); the kaggle CLI said:\n{said}\n"
+            f"Fix that, then run kaggle-push again (what already succeeded is versioned, not duplicated)"
+        )
+    return status, text
+
+
+def ship_dataset(folder: Path, dataset_id: str, notes: str, dry_run: bool) -> None:
+    """``datasets version`` when ``dataset_id`` exists, else ``datasets create`` (``--dir-mode zip``)."""
+    status_args = ["datasets", "status", dataset_id]
+    version = ["datasets", "version", "-p", str(folder), "-m", notes, "--dir-mode", "zip"]
+    create = ["datasets", "create", "-p", str(folder), "--dir-mode", "zip"]
+    if dry_run:
+        print(f"{show(status_args)}\n{show(version)}   # when it exists\n{show(create)}   # when it does not")
+        return
+    status, text = run_kaggle(status_args, check=False)
+    if status == 0 and not _ERROR.search(text):
+        run_kaggle(version)
+    elif re.search(r"\b404\b|not found", text, re.IGNORECASE):
+        run_kaggle(create)
+    else:
+        run_kaggle(status_args)  # raises with the CLI's message (credentials, network, ...)
+
+
+def wait_for(kernel_id: str, version: int | None, timeout: float, poll: float) -> None:
+    """Poll ``kaggle kernels status`` until the run is complete.
+
+    Raises:
+        ValueError: the run failed or was cancelled, or ``timeout`` seconds passed.
+    """
+    target = f"{kernel_id}/{version}" if version else kernel_id
+    deadline = time.monotonic() + timeout
+    while True:
+        # check=False: a failed run's status line says "ERROR" and is read below, not raised as a CLI failure
+        code, text = run_kaggle(["kernels", "status", kernel_id], check=False)
+        match = re.search(r'has status "(?:\w+\.)?(\w+)"', text)
+        if code != 0 or match is None:
+            said = "\n".join(line for line in text.splitlines()[-8:] if line.strip()) or "(no output)"
+            raise ValueError(f"`kaggle kernels status {kernel_id}` failed (exit status {code}); the CLI said:\n{said}")
+        state = match.group(1).upper()
+        if state in _DONE:
+            return
+        if state in _FAILED:
+            raise ValueError(
+                f"the notebook run {target} ended with status {state} ({text.strip().splitlines()[-1]}); see its log: "
+                f"kaggle kernels output {kernel_id} -p out/ (or the notebook's page on Kaggle)"
+            )
+        if time.monotonic() + poll > deadline:
+            raise ValueError(
+                f"{target} is still {state} after {timeout:.0f} s; check later with: kaggle kernels status"
+            )
+        time.sleep(poll)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_inputs(args)
+    bundle_id = f"{args.user}/{args.bundle_slug}"
+    models_id = f"{args.user}/{args.models_slug}"
+    kernel_id = f"{args.user}/{args.kernel_slug}"
+    bundle_meta = dataset_metadata(args.bundle, bundle_id, "Sartorius offline bundle")
+    models_meta = dataset_metadata(args.models, models_id, "Sartorius fold models")
+    code_file = args.notebook.name
+    kernel_meta = kernel_metadata(args, code_file)
+    text = notebook_text(args.notebook, args.models_slug)
+    writes = {
+        args.bundle / "dataset-metadata.json": json.dumps(bundle_meta, indent=2) + "\n",
+        args.models / "dataset-metadata.json": json.dumps(models_meta, indent=2) + "\n",
+        args.work / "kernel-metadata.json": json.dumps(kernel_meta, indent=2) + "\n",
+        args.work / code_file: text,
+    }
+    if args.dry_run:
+        print(f"dry run: would write {', '.join(str(p) for p in writes)}; kernel-metadata.json:")
+        print(writes[args.work / "kernel-metadata.json"], end="")
+    else:
+        if args.work.exists():
+            shutil.rmtree(args.work)
+        args.work.mkdir(parents=True)
+        for path, content in writes.items():
+            path.write_text(content)
+
+    ship_dataset(args.bundle, bundle_id, args.notes, args.dry_run)
+    ship_dataset(args.models, models_id, args.notes, args.dry_run)
+    push = ["kernels", "push", "-p", str(args.work)]
+    version: int | None = None
+    if args.dry_run:
+        print(show(push))
+    else:
+        _, output = run_kaggle(push)
+        match = re.search(r"Kernel version (\d+) successfully", output)
+        version = int(match.group(1)) if match else None
+        if args.submit and version is None:
+            raise ValueError("`kaggle kernels push` printed no version number; submit by hand with -v VERSION")
+        print(f"pushed {kernel_id}" + (f" version {version}" if version else ""))
+    if args.wait or args.submit:
+        if args.dry_run:
+            print(f'{show(["kernels", "status", kernel_id])}   # every {args.poll:.0f} s until "complete"')
+        else:
+            wait_for(kernel_id, version, args.timeout, args.poll)
+            print(f"{kernel_id} version {version}: complete")
+    if args.submit:
+        submit = ["competitions", "submit", COMPETITION, "-f", "submission.csv", "-k", kernel_id]
+        submit += ["-v", str(version) if version else "<pushed version>", "-m", args.message]
+        if args.dry_run:
+            print(show(submit))
+        else:
+            run_kaggle(submit)
+            print(f"submitted {kernel_id} version {version}; the score: kaggle competitions submissions {COMPETITION}")
+    return 0
