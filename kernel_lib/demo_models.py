@@ -7,13 +7,12 @@ notebook. Their predictions are meaningless, and their meta.json says so.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode
 
-from kernel_lib.model import CONFIG_FILE, MANIFEST_FILE, META_FILE, WEIGHTS_FILE
+from kernel_lib.model_folder import CONFIG_FILE, WEIGHTS_FILE, write_manifest, write_meta
 
 DEMO_NOTE = "RANDOM DEMONSTRATION WEIGHTS, NOT TRAINED: predictions are meaningless; for tests and benchmarks only."
 
@@ -87,10 +86,9 @@ def make_demo_models(
             "seed": seed + fold,
             "note": DEMO_NOTE,
         }
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        write_meta(folder, meta)
         folders.append(folder)
-    manifest = {"models": [{"name": f.name, "weight": 1.0} for f in folders], "note": DEMO_NOTE}
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(out_dir, [(f.name, 1.0) for f in folders], note=DEMO_NOTE)
     return folders
 
 

@@ -36,12 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kernel_lib import model_folder
 from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE, Config, PostprocessConfig
 from kernel_lib.ensemble import SoftInstances
 from kernel_lib.folds import read_folds
 from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_scores
+from kernel_lib.model_folder import file_digest, fold_of, folder_digest, read_meta
 from kernel_lib.outputs import atomic_output
 from kernel_lib.rle import rle_decode_crops
 from kernel_lib.tables import read_csv
@@ -113,42 +115,19 @@ class ModelInfo:
     digest: str
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_infos(models_dir: str | Path) -> list[ModelInfo]:
     """The models of a model folder (models.json order, else sub-folders), with their
-    folds and a digest of config.yaml, model_final.pth and meta.json.
+    folds and a digest of config.yaml, model_final.pth and meta.json (no torch).
 
     Raises:
-        ValueError: see :func:`kernel_lib.model.read_manifest`; a model without weights.
+        ValueError: see :func:`kernel_lib.model_folder.read_manifest`; a model without weights.
     """
-    from kernel_lib.model import CONFIG_FILE, META_FILE, WEIGHTS_FILE, fold_of, read_manifest, read_meta
-
     models_dir = Path(models_dir)
     infos = []
-    for name, weight in read_manifest(models_dir):
+    for name, weight in model_folder.read_manifest(models_dir):
         folder = models_dir / name
-        meta = read_meta(folder)
-        parts = []
-        for file in (CONFIG_FILE, WEIGHTS_FILE, META_FILE):
-            if (folder / file).is_file():
-                parts.append(f"{file}:{_file_digest(folder / file)}")
-            elif file != META_FILE:
-                raise ValueError(
-                    f"model {name}: {folder / file} is missing; a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}"
-                )
-        fold = fold_of(name, meta)
-        infos.append(
-            ModelInfo(
-                name, folder, fold, float(weight), hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
-            )
-        )
+        digest = folder_digest(folder)
+        infos.append(ModelInfo(name, folder, fold_of(name, read_meta(folder)), float(weight), digest))
     return infos
 
 
@@ -448,7 +427,7 @@ def evaluate(
         raise ValueError(f"no image left to evaluate: {'; '.join(notes)}")
 
     cache = Path(cache_dir) if cache_dir is not None else None
-    keys = {i: cache_key(assigned[i], config, _file_digest(paths[i])) for i in assigned}
+    keys = {i: cache_key(assigned[i], config, file_digest(paths[i])) for i in assigned}
     instances: dict[str, SoftInstances] = {}
     for i in assigned:
         try:

@@ -4,12 +4,7 @@ The only inference module that imports torch. Everything leaves it as numpy
 :class:`~kernel_lib.ensemble.SoftInstances` in the original frame: boxes plus RoI-sized
 soft masks, never full-frame masks.
 
-Model folder layout (``docs/design.md``)::
-
-    MODELS/<name>/config.yaml      a detectron2 config dump (what training writes)
-    MODELS/<name>/model_final.pth  its weights ({"model": state_dict} or a state dict)
-    MODELS/<name>/meta.json        optional, {"fold": K, ...}
-    MODELS/models.json             optional, {"models": [{"name": "fold0", "weight": 1.0}, ...]}
+Model folders (layout, readers, writers) are :mod:`kernel_lib.model_folder`'s.
 
 Inference calls the detectron2 model's own parts on batches of
 ``{"image", "height", "width"}`` (resized here to each config's ``MIN_SIZE_TEST``):
@@ -36,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import pickle
 import re
 from collections import deque
@@ -56,12 +50,9 @@ from tqdm.auto import tqdm
 from kernel_lib.config import CELL_TYPES, EnsembleConfig, InferenceConfig
 from kernel_lib.ensemble import DEFAULT_MASK_SIZE, SoftInstances
 from kernel_lib.images import read_image, to_model_input
+from kernel_lib.model_folder import CONFIG_FILE, WEIGHTS_FILE, fold_of, read_manifest, read_meta
 from kernel_lib.tta import View, make_views
 
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model_final.pth"
-META_FILE = "meta.json"
-MANIFEST_FILE = "models.json"
 MASK_ROI_CHUNK = 4096
 """Most RoIs sent through one mask-head call (bounds activation memory)."""
 
@@ -135,72 +126,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise ValueError(f"device: expected auto, cpu or cuda, got {name!r}")
-
-
-def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
-    """(name, weight) of each model: from models.json when present, else every
-    sub-folder (sorted, hidden ones skipped) with weight 1.0.
-
-    Raises:
-        ValueError: the folder is missing or empty, or models.json is malformed.
-    """
-    models_dir = Path(models_dir)
-    if not models_dir.is_dir():
-        raise ValueError(f"model folder {models_dir} does not exist; pass the folder holding <name>/{CONFIG_FILE}")
-    manifest = models_dir / MANIFEST_FILE
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest} is not valid JSON ({err}); fix it or delete it") from None
-        entries = data.get("models") if isinstance(data, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f'{manifest}: expected {{"models": [{{"name": "fold0", "weight": 1.0}}, ...]}}')
-        out = []
-        for k, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise ValueError(f"{manifest}: models[{k}] needs a string 'name', got {entry!r}")
-            weight = entry.get("weight", 1.0)
-            if not isinstance(weight, (int, float)) or not weight > 0:
-                raise ValueError(f"{manifest}: models[{k}] ({entry['name']}): weight must be > 0, got {weight!r}")
-            out.append((entry["name"], float(weight)))
-        names = [n for n, _ in out]
-        if len(set(names)) != len(names):
-            raise ValueError(f"{manifest}: a model is listed twice: {names}")
-        return out
-    subdirs = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
-    if not subdirs:
-        raise ValueError(
-            f"model folder {models_dir} holds no model sub-folder; expected {models_dir}/<name>/{CONFIG_FILE} "
-            f"and {WEIGHTS_FILE} (make demo ones with kernel_lib.demo_models.make_demo_models)"
-        )
-    return [(name, 1.0) for name in subdirs]
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """A model folder's ``meta.json`` as a dict ({} when absent).
-
-    Raises:
-        ValueError: the file is not a JSON object; the message names the model.
-    """
-    path = folder / META_FILE
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"model {folder.name}: {path} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"model {folder.name}: {path} must hold a JSON object, got {type(meta).__name__}")
-    return meta
-
-
-def fold_of(name: str, meta: dict[str, Any]) -> int | None:
-    """A model's fold: ``meta["fold"]``, else the first integer after "fold" in its name."""
-    if isinstance(meta.get("fold"), int):
-        return int(meta["fold"])
-    match = re.search(r"fold\D*(\d+)", name, flags=re.IGNORECASE)
-    return int(match.group(1)) if match else None
 
 
 def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:

@@ -60,6 +60,8 @@ from kernel_lib.data import TrainingData, load_dataset_dicts, record_masks
 from kernel_lib.folds import read_folds
 from kernel_lib.images import read_image, to_model_input
 from kernel_lib.masks import CropMasks
+from kernel_lib.model_folder import CONFIG_FILE, WEIGHTS_FILE, write_meta
+from kernel_lib.outputs import atomic_output
 
 logger = logging.getLogger("kernel_lib.train")
 
@@ -773,11 +775,11 @@ def write_model_folder(
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    torch.save({"model": state}, folder / "model_final.pth.tmp")
-    os.replace(folder / "model_final.pth.tmp", folder / "model_final.pth")
-    (folder / "config.yaml").write_text(inference_config(cfg).dump())
+    with atomic_output(folder / WEIGHTS_FILE) as tmp:
+        torch.save({"model": state}, tmp)
+    (folder / CONFIG_FILE).write_text(inference_config(cfg).dump())
     if meta is not None:
-        (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_meta(folder, meta)
 
 
 class _FoldTrainer(DefaultTrainer):
@@ -968,7 +970,7 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
     if heldout is not None:
         meta.update(score_fold(fold_dir, heldout, config, opts.eval_config))
         logger.info("fold %d held-out score %.4f %s", opts.fold, meta["heldout_score"], meta["heldout_per_cell_type"])
-    (fold_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(fold_dir, meta)
 
 
 def score_fold(fold_dir: Path, heldout: TrainingData, config: Config, config_name: str = "") -> dict[str, Any]:
@@ -1013,7 +1015,7 @@ def rescore_fold(opts: TrainOptions) -> TrainResult:
     heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids)
     meta = json.loads(meta_path.read_text())
     meta.update(score_fold(fold_dir, heldout, _eval_config(opts, opts.resolved_device()), opts.eval_config))
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    write_meta(fold_dir, meta)
     return TrainResult(fold_dir, meta)
 
 

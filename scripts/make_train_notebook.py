@@ -128,9 +128,11 @@ SUMMARY = """\
 # 5. Held-out scores, and the files that make MODELS_DIR a model-weights dataset.
 import json
 
+from kernel_lib.model_folder import read_meta, write_manifest
+
 rows = []
 for meta_path in sorted(MODELS_DIR.glob("*/meta.json")):
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(meta_path.parent)
     rows.append(
         {
             "model": meta_path.parent.name,
@@ -145,8 +147,7 @@ for meta_path in sorted(MODELS_DIR.glob("*/meta.json")):
     )
 summary = pd.DataFrame(rows)
 summary.to_csv(KAGGLE_WORKING / "heldout_scores.csv", index=False)
-manifest = {"models": [{"name": row["model"], "weight": 1.0} for row in rows]}
-(MODELS_DIR / "models.json").write_text(json.dumps(manifest, indent=2) + "\\n")
+write_manifest(MODELS_DIR, [(row["model"], 1.0) for row in rows])
 dataset = {"title": "Sartorius fold models", "id": MODELS_DATASET_ID, "licenses": [{"name": "other"}]}
 (MODELS_DIR / "dataset-metadata.json").write_text(json.dumps(dataset, indent=2) + "\\n")
 print(f"{len(rows)} fold model(s) in {MODELS_DIR}; mean held-out score {summary['held-out score'].mean():.4f}")

@@ -1,0 +1,164 @@
+"""Model folders: the hand-off from training to inference (torch-free).
+
+Layout (``docs/design.md``)::
+
+    MODELS/<name>/config.yaml      a detectron2 config dump (what training writes)
+    MODELS/<name>/model_final.pth  its weights ({"model": state_dict} or a state dict)
+    MODELS/<name>/meta.json        optional, {"fold": K, "arch": ..., "heldout_score": ..., ...}
+    MODELS/models.json             optional, {"models": [{"name": "fold0", "weight": 1.0}, ...]}
+
+This module owns the file names, reading and writing ``models.json`` and ``meta.json``,
+the fold of a model and a folder's content digest. Training (``kernel_lib.train``), the
+demonstration models, the training notebook and evaluation use it; building and
+loading the torch model from a folder is ``kernel_lib.model``'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kernel_lib.outputs import atomic_output
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model_final.pth"
+META_FILE = "meta.json"
+MANIFEST_FILE = "models.json"
+
+
+def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
+    """(name, weight) of each model: from models.json when present, else every
+    sub-folder (sorted, hidden ones skipped) with weight 1.0.
+
+    Raises:
+        ValueError: the folder is missing or empty, or models.json is malformed.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ValueError(f"model folder {models_dir} does not exist; pass the folder holding <name>/{CONFIG_FILE}")
+    manifest = models_dir / MANIFEST_FILE
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{manifest} is not valid JSON ({err}); fix it or delete it") from None
+        entries = data.get("models") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(f'{manifest}: expected {{"models": [{{"name": "fold0", "weight": 1.0}}, ...]}}')
+        out = []
+        for k, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ValueError(f"{manifest}: models[{k}] needs a string 'name', got {entry!r}")
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+                raise ValueError(
+                    f"{manifest}: models[{k}] ({entry['name']}): weight must be a finite number > 0, got {weight!r}"
+                )
+            out.append((entry["name"], float(weight)))
+        names = [n for n, _ in out]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{manifest}: a model is listed twice: {names}")
+        return out
+    subdirs = sorted(p.name for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not subdirs:
+        raise ValueError(
+            f"model folder {models_dir} holds no model sub-folder; expected {models_dir}/<name>/{CONFIG_FILE} "
+            f"and {WEIGHTS_FILE} (make demo ones with kernel_lib.demo_models.make_demo_models)"
+        )
+    return [(name, 1.0) for name in subdirs]
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A model folder's ``meta.json`` as a dict ({} when absent).
+
+    Raises:
+        ValueError: the file is not a JSON object; the message names the model.
+    """
+    path = folder / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"model {folder.name}: {path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"model {folder.name}: {path} must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def fold_of(name: str, meta: dict[str, Any]) -> int | None:
+    """A model's fold: ``meta["fold"]``, else the first integer after "fold" in its name."""
+    if isinstance(meta.get("fold"), int):
+        return int(meta["fold"])
+    match = re.search(r"fold\D*(\d+)", name, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def write_manifest(models_dir: str | Path, models: Sequence[tuple[str, float]], note: str = "") -> Path:
+    """Write ``models_dir/models.json`` listing ``(name, weight)`` in ensemble order
+    (and a ``note`` for people reading it, when given).
+
+    Raises:
+        ValueError: no model, a name listed twice, a weight that is not a finite number
+            > 0, or a listed folder without config.yaml and model_final.pth.
+    """
+    models_dir = Path(models_dir)
+    if not models:
+        raise ValueError(f"write_manifest: expected at least one (name, weight), got none for {models_dir}")
+    names = [name for name, _ in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"write_manifest: a model is listed twice: {names}")
+    for name, weight in models:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+            raise ValueError(f"write_manifest: {name}: weight must be a finite number > 0, got {weight!r}")
+        for file in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (models_dir / name / file).is_file():
+                raise ValueError(f"write_manifest: {models_dir / name / file} is missing; train or copy {name} first")
+    path = models_dir / MANIFEST_FILE
+    content: dict[str, Any] = {"models": [{"name": name, "weight": float(weight)} for name, weight in models]}
+    if note:
+        content["note"] = note
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(content, indent=2) + "\n")
+    return path
+
+
+def write_meta(folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write a model folder's ``meta.json`` (replaced only when complete)."""
+    path = Path(folder) / META_FILE
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def folder_digest(folder: str | Path) -> str:
+    """Hex digest of a model folder's content: config.yaml, model_final.pth and meta.json.
+
+    Raises:
+        ValueError: config.yaml or model_final.pth is missing.
+    """
+    folder = Path(folder)
+    parts = []
+    for file in (CONFIG_FILE, WEIGHTS_FILE, META_FILE):
+        if (folder / file).is_file():
+            parts.append(f"{file}:{file_digest(folder / file)}")
+        elif file != META_FILE:
+            raise ValueError(
+                f"model {folder.name}: {folder / file} is missing; "
+                f"a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """blake2b-128 hex digest of a file's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
