@@ -42,6 +42,7 @@ from kernel_lib.masks import CropMasks  # noqa: E402
 from kernel_lib.metric import score_submission  # noqa: E402
 from kernel_lib.postprocess import postprocess  # noqa: E402
 from kernel_lib.rle import rle_decode_crops, rle_encode_crops  # noqa: E402
+from kernel_lib.testing import reference_rle_encode  # noqa: E402
 
 
 def machine() -> str:
@@ -92,14 +93,6 @@ def synthetic_instances(
 # ------------------------------------------------------------------------ baselines
 
 
-def baseline_rle_encode(mask: np.ndarray) -> str:
-    """The public notebooks' encoder on one full-frame mask."""
-    pixels = np.concatenate([[0], mask.flatten(), [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
-
 def baseline_postprocess_encode(
     stack: np.ndarray, scores: np.ndarray, classes: np.ndarray, cfg: PostprocessConfig
 ) -> list[str]:
@@ -114,7 +107,7 @@ def baseline_postprocess_encode(
         kept = mask.sum()
         if kept >= max(cfg.min_area[cell_type], 1) and kept >= cfg.min_kept_fraction[cell_type] * stack[i].sum():
             used |= mask
-            out.append(baseline_rle_encode(mask))
+            out.append(reference_rle_encode(mask))  # the public notebooks' encoder
     return out
 
 

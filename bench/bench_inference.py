@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from kernel_lib.config import Config, EnsembleConfig, InferenceConfig, PostprocessConfig  # noqa: E402
 from kernel_lib.images import list_images, read_image, to_model_input  # noqa: E402
+from kernel_lib.testing import reference_rle_encode  # noqa: E402
 
 
 def machine(device: str) -> str:
@@ -85,15 +86,6 @@ def pick_images(n: int) -> list[Path]:
 
 
 # ------------------------------------------------------------------ baseline
-
-
-def rle_encode_full(mask: np.ndarray) -> str:
-    """The public notebooks' encoder: full-frame flatten, row-major, 1-indexed."""
-    pixels = mask.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 class Baseline:
@@ -166,7 +158,7 @@ class Baseline:
             mask = mask * (1 - used)
             if mask.sum() >= self.pp.min_area[cell_type]:
                 used += mask
-                rles.append(rle_encode_full(mask))
+                rles.append(reference_rle_encode(mask))  # the public notebooks' encoder
         return rles
 
 

@@ -2,7 +2,7 @@
 
 Data: 600 images' cached instances SIMULATED from the larger annotated pack's truth
 (95 images, each used ~6 times with different perturbation seeds, see
-``kernel_lib.tune.simulate_instances``: shifted / grown / shrunk copies of every cell,
+``kernel_lib.testing.simulate_instances``: shifted / grown / shrunk copies of every cell,
 lower-scored duplicates, stray false positives; ~190 instances per image on average,
 ~760 on the densest shsy5y images). No trained model outputs exist at this size; the
 engine's cost depends on instance counts and overlaps, which the simulation makes
@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from kernel_lib.config import CELL_TYPES, PostprocessConfig  # noqa: E402
 from kernel_lib.metric import image_score  # noqa: E402
 from kernel_lib.postprocess import postprocess  # noqa: E402
+from kernel_lib.testing import write_synthetic_cache  # noqa: E402
 from kernel_lib.tune import (  # noqa: E402
     InstanceTable,
     candidate_settings,
@@ -57,7 +58,6 @@ from kernel_lib.tune import (  # noqa: E402
     score_config,
     setting_of,
     tune_postprocess,
-    write_synthetic_cache,
 )
 
 

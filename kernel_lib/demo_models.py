@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from detectron2.config import CfgNode
 
 from kernel_lib.model_folder import CONFIG_FILE, WEIGHTS_FILE, write_manifest, write_meta
 
@@ -44,7 +43,7 @@ def make_demo_models(
             ``MAX_SIZE_TEST`` (small values make CPU tests fast); None keeps the
             zoo's 800 / 1333.
         archs: one architecture per fold instead of ``arch`` (mixed ensembles).
-        tiny: shrink the architecture for fast CPU tests (see :func:`shrink_config`): same
+        tiny: shrink the architecture for fast CPU tests (see :func:`kernel_lib.testing.shrink_config`): same
             model classes and layout, far fewer channels and layers.
 
     Returns:
@@ -72,6 +71,8 @@ def make_demo_models(
         if max_size_test is not None:
             cfg.INPUT.MAX_SIZE_TEST = int(max_size_test)
         if tiny:
+            from kernel_lib.testing import shrink_config
+
             shrink_config(cfg)
         torch.manual_seed(seed + fold)
         model = build_model(cfg)
@@ -90,20 +91,3 @@ def make_demo_models(
         folders.append(folder)
     write_manifest(out_dir, [(f.name, 1.0) for f in folders], note=DEMO_NOTE)
     return folders
-
-
-def shrink_config(cfg: CfgNode) -> CfgNode:
-    """Make a detectron2 Mask R-CNN config test-sized, in place: ResNet-18 (ResNeXt-50
-    8x4d when the config is grouped, e.g. X101), 64 FPN channels, a 2-conv 64-channel
-    mask head and a 128-wide box head. Same meta-architecture, ROI heads (standard or
-    cascade) and mask resolution as the original."""
-    grouped = cfg.MODEL.RESNETS.NUM_GROUPS > 1
-    cfg.MODEL.RESNETS.DEPTH = 50 if grouped else 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    if grouped:
-        cfg.MODEL.RESNETS.NUM_GROUPS, cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 8, 4
-    cfg.MODEL.FPN.OUT_CHANNELS = 64
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 128
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 64
-    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
-    return cfg

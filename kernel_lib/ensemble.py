@@ -35,7 +35,6 @@ import numpy as np
 
 from kernel_lib.config import ENSEMBLE_METHODS, EnsembleConfig
 from kernel_lib.masks import CropMasks
-from kernel_lib.metric import instance_pixels, sparse_iou
 
 DEFAULT_MASK_SIZE = 28
 """Mask R-CNN's RoI mask resolution (M)."""
@@ -266,17 +265,6 @@ def _crop_boxes(masks: CropMasks) -> np.ndarray:
     """(N, 4) int64 y0, x0, y1, x1 of each crop."""
     sizes = np.array([c.shape for c in masks.crops], dtype=np.int64).reshape(-1, 2)
     return np.concatenate([masks.origins, masks.origins + sizes], axis=1)
-
-
-def mask_iou_matrix(a: CropMasks, b: CropMasks) -> np.ndarray:
-    """(len(a), len(b)) float64 mask IoUs (the metric's sparse IoU: only pairs that share
-    pixels are computed; the rest are 0)."""
-    if a.shape != b.shape:
-        raise ValueError(f"mask_iou_matrix: frames differ, {a.shape} vs {b.shape}")
-    out = np.zeros((len(a), len(b)))
-    t, p, iou = sparse_iou(instance_pixels(a), instance_pixels(b), a.shape[0] * a.shape[1])
-    out[t, p] = iou
-    return out
 
 
 class _GreedyMatcher:

@@ -9,7 +9,6 @@ from kernel_lib.config import EnsembleConfig
 from kernel_lib.ensemble import (
     SoftInstances,
     fuse_views,
-    mask_iou_matrix,
     mask_nms,
     non_maximum_weighted,
     paste,
@@ -18,6 +17,7 @@ from kernel_lib.ensemble import (
     vote_screen,
     weighted_mask_fusion,
 )
+from kernel_lib.testing import mask_iou_matrix
 
 FRAME = (20, 30)
 

@@ -18,14 +18,7 @@ from kernel_lib.rle import (
     rle_problems,
     rle_to_indices,
 )
-
-
-def naive_encode(mask: np.ndarray) -> str:
-    """The public notebooks' encoder (row-major flatten, pad, diff)."""
-    pixels = np.concatenate([[0], mask.ravel().astype(np.int8), [0]])
-    runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
-    runs[1::2] -= runs[0::2]
-    return " ".join(str(x) for x in runs)
+from kernel_lib.testing import reference_rle_encode
 
 
 def test_hand_worked_3x4() -> None:
@@ -83,7 +76,7 @@ def test_all_encoders_agree_and_round_trip(seed: int) -> None:
     h, w = int(rng.integers(1, 15)), int(rng.integers(1, 15))
     stack = rng.random((6, h, w)) < rng.uniform(0.1, 0.9)
     stack[2] = False  # one empty mask
-    expected = [naive_encode(m) for m in stack]
+    expected = [reference_rle_encode(m) for m in stack]  # the public notebooks' encoder
     assert rle_encode_stack(stack) == expected
     assert [rle_encode(m) for m in stack] == expected
     assert rle_encode_crops(CropMasks.from_stack(stack)) == expected

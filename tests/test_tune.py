@@ -14,6 +14,7 @@ from kernel_lib.masks import CropMasks
 from kernel_lib.metric import image_score
 from kernel_lib.postprocess import postprocess
 from kernel_lib.rle import rle_decode_crops
+from kernel_lib.testing import simulate_instances
 from kernel_lib.tune import (
     InstanceTable,
     Setting,
@@ -22,7 +23,6 @@ from kernel_lib.tune import (
     run_setting,
     score_config,
     setting_of,
-    simulate_instances,
     tune_postprocess,
     with_setting,
 )
@@ -228,7 +228,7 @@ def test_empty_images() -> None:
 def test_tune_command_on_a_cache(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from kernel_lib.__main__ import main
     from kernel_lib.evaluate import evaluate_cache
-    from kernel_lib.tune import write_synthetic_cache
+    from kernel_lib.testing import write_synthetic_cache
 
     truth, cache = data_dir / "train.csv", tmp_path / "cache"
     ids = write_synthetic_cache(truth, cache, seed=2)
