@@ -154,8 +154,8 @@ OVERLAYS = """\
 import cv2
 from IPython.display import Image, display
 
-from kernel_lib import read_image
-from kernel_lib.visualize import overlay
+from kernel_lib import overlay
+from kernel_lib.images import read_image
 
 OVERLAY_DIR.mkdir(parents=True, exist_ok=True)
 for image_id in sorted(result.predictions)[:N_OVERLAYS]:

@@ -21,7 +21,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from kernel_lib import IMAGE_SHAPE
+from kernel_lib.config import IMAGE_SHAPE
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
