@@ -91,6 +91,7 @@ else:
 
 PARAMETERS = """\
 # 2. Parameters: edit the dataset folder names to match yours.
+import dataclasses
 import os
 from pathlib import Path
 
@@ -102,6 +103,9 @@ KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working"))
 COMPETITION = "sartorius-cell-instance-segmentation"
 MODELS_DATASET = "sartorius-fold-models"  # your model-weights dataset (its slug): one folder per fold model
 N_OVERLAYS = 3  # predictions to draw
+# wall-clock budget for inference: Kaggle stops a notebook at 9 hours; past this the remaining
+# images run a lighter ensemble (kernel_lib.budget). None: no limit. A config JSON may set its own.
+TIME_BUDGET_S = 8 * 3600
 
 # each input under any of Kaggle's layouts: <slug>/, competitions/<slug>/, datasets/<owner>/<slug>/
 COMPETITION_DIR = find_input(COMPETITION, KAGGLE_INPUT)
@@ -119,6 +123,8 @@ TUNED = MODELS_DIR / "best_config.json"
 CONFIG_JSON = os.environ.get("KERNEL_LIB_CONFIG") or (TUNED if TUNED.is_file() else None)
 
 config = load_config(CONFIG_JSON)
+if config.inference.time_budget_s is None and TIME_BUDGET_S is not None:
+    config = config.replace(inference=dataclasses.replace(config.inference, time_budget_s=float(TIME_BUDGET_S)))
 print(f"models: {MODELS_DIR}\\ntest images: {TEST_DIR}\\nconfig: {CONFIG_JSON or 'defaults'}")
 config"""
 
@@ -147,6 +153,8 @@ import pandas as pd
 timings = pd.DataFrame({"stage": list(result.timings), "seconds": list(result.timings.values())})
 timings["per image (s)"] = timings["seconds"] / max(result.n_images, 1)
 timings.to_csv(TIMINGS_CSV, index=False)
+# what ran for each image (the full ensemble, or a lighter one once the time budget got short)
+result.per_image_table().to_csv(KAGGLE_WORKING / "per_image.csv", index=False)
 timings.round(3)"""
 
 OVERLAYS = """\
