@@ -170,7 +170,7 @@ mkdir -p "$COMPETITION" "$DATASETS" "$WORKING"
 phase "2/5 the bundle: build_dataset.py -> $BUNDLE"
 pythons=(3.10 3.11 3.12)
 [[ " ${pythons[*]} " == *" $IMAGE_XY "* ]] || pythons+=("$IMAGE_XY")
-"$PROJECT_PY" build_dataset.py --out "$BUNDLE" --python "${pythons[@]}"
+TQDM_DISABLE=1 "$PROJECT_PY" build_dataset.py --out "$BUNDLE" --python "${pythons[@]}"
 
 # --------------------------------------------------------------------------- 3. the tree
 phase "3/5 the tree (new layout): $INPUT"
@@ -194,7 +194,7 @@ else
     || fail "no $MODELS_SRC/<fold>/model_final.pth: --models takes the folder of fold model folders"
   MODELS_SRC=$(cd "$MODELS_SRC" && pwd)
   ln -s "$MODELS_SRC" "$MODELS"
-  MODELS_NOTE="$MODELS_SRC ($(ls -d "$MODELS_SRC"/*/ | wc -l) folders)"
+  MODELS_NOTE="$MODELS_SRC (fold folders: $(ls -d "$MODELS_SRC"/*/ | wc -l))"
 fi
 echo "models: $MODELS_NOTE"
 (cd "$INPUT" && find . -maxdepth 4 -not -path "*/test/*" | sort | sed 's/^/  /')
