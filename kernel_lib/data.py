@@ -15,15 +15,11 @@ decode into bitmasks (``INPUT.MASK_FORMAT = "bitmask"``). ``bbox`` is the tight 
 the mask in detectron2's continuous coordinates (last pixel + 1). ``row`` is the
 instance's 0-based data row in train.csv (file line ``row + 2``).
 
-Every row is checked before it is used; a row that fails a check is left out and
-reported as an :class:`AnnotationProblem`, never trained on:
-
-- empty annotation (no run, or blank);
-- malformed RLE (non-integer tokens, odd count, start < 1, length < 1, unsorted or
-  overlapping runs) or runs leaving the frame (:func:`kernel_lib.rle.rle_problems`);
-- ``width``/``height`` that are not those of the image file;
-- a ``cell_type`` not in :data:`~kernel_lib.config.CELL_TYPES`, or not the image's;
-- a duplicated row (the same pixels as an earlier row of the same image).
+Every row is checked before it is used, under the one truth policy that evaluation
+and scoring apply too (:func:`kernel_lib.truth.check_image_rows`: empty, malformed,
+out of frame, of another size or cell type, or a duplicate of an earlier row of the
+image); a row that fails a check is left out and reported as an
+:class:`~kernel_lib.truth.AnnotationProblem`, never trained on.
 
 Images whose file is missing, unreadable, not of the competition's 520x704 frame,
 or given twice (``x.png`` and ``x.jpg``), or with no valid row left, are reported
@@ -32,7 +28,6 @@ or given twice (``x.png`` and ``x.jpg``), or with no valid row left, are reporte
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,37 +40,15 @@ import pycocotools.mask as mask_util
 from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE
 from kernel_lib.images import IMAGE_SUFFIXES, read_image, shape_problem
 from kernel_lib.masks import CropMasks
-from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices
+from kernel_lib.rle import crops_from_indices
 from kernel_lib.tables import read_csv
+from kernel_lib.truth import IMAGE_ROW, AnnotationProblem, check_image_rows
 
 XYXY_ABS = 0
 """``detectron2.structures.BoxMode.XYXY_ABS`` (an IntEnum; kept as an int to stay torch-free)."""
 
 TRAIN_COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type")
 """Columns of the competition's train.csv that training reads."""
-
-IMAGE_ROW = -1
-"""``AnnotationProblem.row`` of a problem about a whole image rather than one row."""
-
-
-@dataclass(frozen=True)
-class AnnotationProblem:
-    """One annotation (or image) left out of training, and why.
-
-    Attributes:
-        id: the image id.
-        row: 0-based data row of train.csv (file line ``row + 2``), or
-            :data:`IMAGE_ROW` (-1) for a problem about the whole image.
-        what: what is wrong, in words.
-    """
-
-    id: str
-    row: int
-    what: str
-
-    def __str__(self) -> str:
-        where = "image" if self.row == IMAGE_ROW else f"row {self.row} (line {self.row + 2})"
-        return f"{self.id} {where}: {self.what}"
 
 
 @dataclass(frozen=True)
@@ -157,69 +130,6 @@ def _image_paths(image_dir: Path, image_id: str) -> list[Path]:
     return [
         image_dir / f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES if (image_dir / f"{image_id}{suffix}").is_file()
     ]
-
-
-def _as_int(text: str) -> int | None:
-    text = text.strip()
-    return int(text) if text.isascii() and text.isdigit() else None
-
-
-def check_image_rows(
-    image_id: str, rows: pd.DataFrame, shape: tuple[int, int]
-) -> tuple[list[tuple[int, np.ndarray]], list[AnnotationProblem]]:
-    """Check the train.csv rows of one image against its frame.
-
-    Args:
-        image_id: the image id (every row's ``id``).
-        rows: its rows (index = 0-based data row), columns as :data:`TRAIN_COLUMNS`.
-        shape: (H, W) of the image file.
-
-    Returns:
-        ``(valid, problems)``: ``valid`` = [(row, (K,) int64 flat row-major indices)] in
-        row order; ``problems`` = one :class:`AnnotationProblem` per row left out.
-    """
-    height, width = shape
-    problems: list[AnnotationProblem] = []
-    valid: list[tuple[int, np.ndarray]] = []
-    types = [t for t in rows["cell_type"] if t in CELL_TYPES]
-    image_type = max(set(types), key=types.count) if types else None
-    seen: dict[bytes, int] = {}
-    for row, ann, w_text, h_text, cell_type in zip(
-        rows.index, rows["annotation"], rows["width"], rows["height"], rows["cell_type"]
-    ):
-        row = int(row)
-
-        def report(what: str, row: int = row) -> None:
-            problems.append(AnnotationProblem(image_id, row, what))
-
-        if cell_type not in CELL_TYPES:
-            report(f"unknown cell_type {cell_type!r}; expected one of {list(CELL_TYPES)}")
-            continue
-        if cell_type != image_type:
-            report(f"cell_type {cell_type!r} differs from the image's {image_type!r}")
-            continue
-        w, h = _as_int(w_text), _as_int(h_text)
-        if (h, w) != (height, width):
-            report(f"width x height {w_text} x {h_text} in train.csv, but the image file is {width} x {height}")
-            continue
-        if not ann.strip():
-            report("empty annotation (no run)")
-            continue
-        found = rle_problems(ann, shape)
-        if found:
-            report(f"malformed RLE: {'; '.join(found)}")
-            continue
-        indices = rle_to_indices(ann, shape)
-        if indices.size == 0:
-            report("empty annotation (no pixel)")
-            continue
-        key = hashlib.sha1(indices.tobytes()).digest()
-        if key in seen:
-            report(f"duplicate of row {seen[key]} (same pixels)")
-            continue
-        seen[key] = row
-        valid.append((row, indices))
-    return valid, problems
 
 
 def _record(

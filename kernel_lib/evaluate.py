@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from kernel_lib import model_folder
-from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE, Config, PostprocessConfig
+from kernel_lib.config import CELL_TYPES, Config, PostprocessConfig
 from kernel_lib.ensemble import SoftInstances
 from kernel_lib.folds import read_folds
 from kernel_lib.images import list_images
@@ -45,8 +45,8 @@ from kernel_lib.masks import CropMasks
 from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_scores
 from kernel_lib.model_folder import file_digest, fold_of, folder_digest, read_meta
 from kernel_lib.outputs import atomic_output
-from kernel_lib.rle import rle_decode_crops
 from kernel_lib.tables import read_csv
+from kernel_lib.truth import AnnotationProblem, describe_dropped, truth_images
 
 CACHE_VERSION = 1
 """Bumped when the cache file layout or what goes into a key changes."""
@@ -59,24 +59,31 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True, eq=False)
 class Truth:
-    """One annotated image: its instances (may overlap) and cell type name."""
+    """One annotated image: its instances (may overlap), cell type name, and the rows of
+    the image that the truth policy left out (:mod:`kernel_lib.truth`)."""
 
     masks: CropMasks
     cell_type: str
+    dropped: tuple[AnnotationProblem, ...] = ()
 
 
 def read_truth(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, Truth]:
-    """Annotations of train.csv (``id,annotation,...,cell_type``), per image.
+    """Annotations of train.csv (``id,annotation,...,cell_type``), per image, under the
+    truth policy training and scoring apply too (:mod:`kernel_lib.truth`): empty,
+    malformed, out-of-frame rows, rows of another size or cell type and duplicated rows
+    (the same pixels as an earlier row of the image) are left out, each reported in its
+    image's ``Truth.dropped`` (:func:`truth_notes` says them in a line).
 
     Args:
         path: the competition's train.csv (row-major RLE).
         ids: only these images (None: all).
 
     Returns:
-        id -> :class:`Truth`, in file order of first appearance.
+        id -> :class:`Truth`, in file order of first appearance; an image whose rows are
+        all left out has no instance.
 
     Raises:
-        ValueError: missing file or columns, or a malformed RLE (naming the image).
+        ValueError: missing file or columns.
     """
     path = Path(path)
     df = read_csv(path, "pass the competition's train.csv", what="truth file")
@@ -85,20 +92,14 @@ def read_truth(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, 
         raise ValueError(
             f"truth file {path}: missing column(s) {sorted(missing)}; expected train.csv's id,annotation,cell_type"
         )
-    if ids is not None:
-        df = df[df["id"].isin(set(ids))]
-    out: dict[str, Truth] = {}
-    for image_id, rows in df.groupby("id", sort=False):
-        shape = IMAGE_SHAPE
-        if "height" in rows.columns and "width" in rows.columns:
-            shape = (int(rows["height"].iloc[0]), int(rows["width"].iloc[0]))
-        rles = [r for r in rows["annotation"].str.strip() if r]
-        try:
-            masks = rle_decode_crops(rles, shape)
-        except ValueError as err:
-            raise ValueError(f"truth file {path}: image {image_id}: {err}") from None
-        out[str(image_id)] = Truth(masks, str(rows["cell_type"].iloc[0]))
-    return out
+    images = truth_images(df, ids=ids, shape=None)
+    return {i: Truth(t.masks(), t.cell_type, t.dropped) for i, t in images.items()}
+
+
+def truth_notes(truth: Mapping[str, Truth], source: str | Path) -> list[str]:
+    """A note naming the truth rows left out (none: no note)."""
+    line = describe_dropped((p for t in truth.values() for p in t.dropped), str(source))
+    return [line] if line else []
 
 
 # --------------------------------------------------------------------------- models
@@ -412,7 +413,7 @@ def evaluate(
     ids = [i for i in paths if i in truth]
     if not ids:
         raise ValueError(f"no image of {images_dir} has annotations in {truth_csv}; pass the matching train folder")
-    notes: list[str] = []
+    notes: list[str] = truth_notes({i: truth[i] for i in ids}, truth_csv)
     unannotated = len(paths) - len(ids)
     if unannotated:
         notes.append(f"{unannotated} image(s) of {images_dir} have no annotation in {truth_csv}: not evaluated")
@@ -521,6 +522,6 @@ def evaluate_cache(
     if absent:
         raise ValueError(f"{len(absent)} cached image(s) have no annotation in {truth_csv}, e.g. {absent[:3]}")
     report, scores, predictions = score_instances(instances, truth, config.postprocess, progress)
-    notes = [f"scored from the cache in {cache_dir} ({len(instances)} images)"]
+    notes = [f"scored from the cache in {cache_dir} ({len(instances)} images)", *truth_notes(truth, truth_csv)]
     evaluation = Evaluation(report, config, instances, scores, notes=notes, cached=len(instances))
     return evaluation, predictions

@@ -27,6 +27,7 @@ products: truth pixels go into a label image; only pixels covered by two or more
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ import pandas as pd
 from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE, IOU_THRESHOLDS
 from kernel_lib.masks import CropMasks
 from kernel_lib.rle import crop_runs, parse_runs, runs_to_indices
+from kernel_lib.truth import AnnotationProblem, truth_images
 
 __all__ = [
     "ImageScore",
@@ -267,12 +269,15 @@ class ScoreReport:
             one ``p@0.50`` ... ``p@0.95`` precision column per threshold.
         per_cell_type: cell type -> mean score of its images (CELL_TYPES order first).
         per_threshold: threshold -> mean precision over images.
+        dropped: the truth rows of the scored images that the truth policy left out
+            (:mod:`kernel_lib.truth`: empty, malformed, duplicated, ...), in row order.
     """
 
     score: float
     per_image: pd.DataFrame
     per_cell_type: dict[str, float]
     per_threshold: dict[float, float]
+    dropped: tuple[AnnotationProblem, ...] = ()
 
     @property
     def n_images(self) -> int:
@@ -360,6 +365,11 @@ def score_submission(
 ) -> ScoreReport:
     """Score a submission against train.csv-style truth.
 
+    The truth is read under the policy training and evaluation apply too
+    (:func:`kernel_lib.truth.truth_images`): empty, malformed and duplicated rows (the
+    same pixels as an earlier row of the image) and rows of another cell type than the
+    image's are left out and listed in the report's ``dropped``.
+
     Args:
         truth_df: columns ``id``, ``annotation`` (RLE), optionally ``cell_type`` (the
             per-cell-type report) and ``width`` / ``height`` (checked against ``shape``).
@@ -375,9 +385,9 @@ def score_submission(
         :class:`ScoreReport`.
 
     Raises:
-        ValueError: a missing column, a size other than ``shape``, a malformed RLE
-            (named by id and row), a prediction id the truth lacks, or an id in ``ids``
-            the truth lacks.
+        ValueError: a missing column, a size other than ``shape``, a malformed predicted
+            RLE (named by id and row), a prediction id the truth lacks, or an id in
+            ``ids`` the truth lacks.
     """
     for df, cols, source in (
         (truth_df, ("id", "annotation"), truth_source),
@@ -399,20 +409,20 @@ def score_submission(
                     f"{truth_source}: {column} {truth_df.loc[bad.index[0], column]} for id {bad.iloc[0]}, expected "
                     f"{expected}; pass the image size with --height/--width (shape) or fix the file"
                 )
-    t_ids, p_ids = _column_strings(truth_df, "id"), _column_strings(pred_df, "id")
-    t_rles, p_rles = _column_strings(truth_df, "annotation"), _column_strings(pred_df, "predicted")
-    t_groups, p_groups = _groups(t_ids), _groups(p_ids)
-    unknown = [i for i in p_groups if i not in t_groups]
+    # the size is checked above for the whole file: the policy checks the rest
+    truth = truth_images(truth_df[[c for c in ("id", "annotation", "cell_type") if c in truth_df.columns]], shape=shape)
+    p_ids, p_rles = _column_strings(pred_df, "id"), _column_strings(pred_df, "predicted")
+    p_groups = _groups(p_ids)
+    unknown = [i for i in p_groups if i not in truth]
     if unknown:
         raise ValueError(
             f"{pred_source}: {len(unknown)} id(s) not in {truth_source}, e.g. {unknown[:3]}; "
             "score against the truth file that holds these images"
         )
-    wanted = list(t_groups) if ids is None else [str(i) for i in ids]
-    absent = [i for i in wanted if i not in t_groups]
+    wanted = list(truth) if ids is None else [str(i) for i in ids]
+    absent = [i for i in wanted if i not in truth]
     if absent:
         raise ValueError(f"ids to score not in {truth_source}: {absent[:3]} ({len(absent)} in all)")
-    cell = _column_strings(truth_df, "cell_type") if "cell_type" in truth_df.columns else None
     iterator: Iterable[str] = wanted
     if progress:
         from tqdm.auto import tqdm
@@ -422,17 +432,16 @@ def score_submission(
     cell_types: dict[str, str] = {}
     no_rows = np.zeros(0, np.int64)
     for image_id in iterator:
-        t_group = t_groups[image_id]
-        t_rows = t_group[t_rles[t_group] != ""]  # an id with only empty rows: no truth
+        t_px = truth[image_id].instance_pixels()  # an id with only empty rows: no truth
         p_rows = p_groups.get(image_id, no_rows)
         p_rows = p_rows[p_rles[p_rows] != ""]
-        t_px = _pixels_or_error(t_rles, t_rows, shape, truth_source, image_id)
         p_px = _pixels_or_error(p_rles, p_rows, shape, pred_source, image_id)
         t, p, iou = sparse_iou(t_px, p_px, height * width)
         tp, fp, fn = match_counts(t_px[2], p_px[2], t, p, iou, thresholds)
         scores[image_id] = ImageScore(tp, fp, fn, t_px[2], p_px[2], tuple(thresholds))
-        cell_types[image_id] = str(cell[t_group[0]]) if cell is not None else ""
-    return report_from_scores(scores, cell_types)
+        cell_types[image_id] = truth[image_id].cell_type
+    dropped = sorted((p for i in wanted for p in truth[i].dropped), key=lambda p: (p.row, p.id))
+    return dataclasses.replace(report_from_scores(scores, cell_types), dropped=tuple(dropped))
 
 
 def _pixels_or_error(

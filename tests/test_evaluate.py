@@ -199,9 +199,11 @@ def test_manifest_and_truth_errors(tmp_path: Path, data_dir: Path) -> None:
     bad.write_text("id,annotation\na,1 2\n")
     with pytest.raises(ValueError, match="cell_type"):
         read_truth(bad)
-    bad.write_text("id,annotation,cell_type\na,5 2 1 2,astro\n")
-    with pytest.raises(ValueError, match="image a"):
-        read_truth(bad)
+    bad.write_text("id,annotation,cell_type\na,5 2 1 2,astro\na,1 2,astro\n")
+    broken = read_truth(bad)["a"]  # a malformed row is left out and said, as training does
+    assert len(broken.masks) == 1
+    why = "malformed RLE: run 2: start 1 not after the previous start 5 (unsorted)"
+    assert [(p.row, p.what) for p in broken.dropped] == [(0, why)]
 
 
 def test_evaluate_bad_inputs(setup: dict[str, Path], data_dir: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 from kernel_lib.config import IMAGE_SHAPE
 from kernel_lib.metric import ScoreReport, score_submission
 from kernel_lib.submission import read_csv_columns
+from kernel_lib.truth import describe_dropped
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         pred_source=str(args.pred),
         progress=sys.stderr.isatty(),
     )
+    dropped = describe_dropped(report.dropped, str(args.truth))
+    if dropped:
+        print(dropped, file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))  # no image: "score": null, not NaN
     else:
