@@ -716,22 +716,21 @@ def score_models(models_dir: str | Path, data: TrainingData, config: Config | No
             left out as problems are not part of the truth.
         config: pipeline config; defaults to :class:`kernel_lib.config.Config`.
     """
-    from kernel_lib.metric import score_submission
+    from kernel_lib.metric import image_score, report_from_scores
     from kernel_lib.pipeline import finalize, load_models, predict_instances
-    from kernel_lib.rle import rle_encode_crops
 
     config = config or Config()
     start = time.perf_counter()
     models = load_models(models_dir, config)
+    records = {str(record["image_id"]): record for record in data.dicts}
     paths = [Path(record["file_name"]) for record in data.dicts]
-    rows: list[tuple[str, str]] = []
+    scores = {}
     lowest = min(config.postprocess.score_threshold)  # below it post-processing drops boxes anyway
     for image_id, grey, instances in predict_instances(paths, models, config, mask_min_score=lowest):
         kept = finalize(instances, grey.shape, config.postprocess)
-        rles = rle_encode_crops(kept.masks) or [""]  # an image with no instance: one empty row
-        rows.extend((image_id, rle) for rle in rles)
-    predicted = pd.DataFrame(rows, columns=["id", "predicted"])
-    report = score_submission(data.rows, predicted)
+        # the truth is the rows the data kept (duplicates and broken rows left out, as for training)
+        scores[image_id] = image_score(record_masks(records[image_id]), kept.masks)
+    report = report_from_scores(scores, {i: str(records[i]["cell_type"]) for i in scores})
     per_image = report.per_image[["id", "cell_type", "score", "n_truth", "n_pred"]].reset_index(drop=True)
     per_type = {str(k): float(v) for k, v in report.per_cell_type.items()}
     return HeldoutScore(float(report.score), per_type, per_image, len(per_image), time.perf_counter() - start)
