@@ -311,7 +311,10 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
-        grey = read_image(path)
+        try:
+            grey = read_image(path)
+        except ValueError as err:  # raised again by the main process: one clear line, no worker traceback
+            return {"id": path.stem, "error": str(err)}
         bgr = to_model_input(grey)
         inputs: dict[tuple[int, int], list[torch.Tensor]] = {}
         for geometry in self.geometries:
@@ -324,6 +327,15 @@ class ImageDataset(Dataset):
 
 def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
+
+
+def _checked(loader: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """The loader's batches; an image a worker could not read stops here with its message."""
+    for batch in loader:
+        for item in batch:
+            if "error" in item:
+                raise ValueError(item["error"])
+        yield batch
 
 
 # ---------------------------------------------------------------------------------
@@ -614,7 +626,7 @@ def predict(
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     try:
         if len(predictors) == 1:
-            for batch in loader:
+            for batch in _checked(iter(loader)):
                 for item, out in zip(batch, predictors[0].predict_batch(batch)):
                     yield item["id"], item["grey"], out
                 bar.update(len(batch))
@@ -622,7 +634,7 @@ def predict(
         executors = [ThreadPoolExecutor(max_workers=1) for _ in predictors]
         pending: deque[tuple[list[dict[str, Any]], Future]] = deque()
         try:
-            for k, batch in enumerate(loader):
+            for k, batch in enumerate(_checked(iter(loader))):
                 pending.append(
                     (batch, executors[k % len(executors)].submit(predictors[k % len(executors)].predict_batch, batch))
                 )

@@ -332,3 +332,23 @@ def test_cuda_half_matches_cpu(mixed_dir: Path, data_dir: Path) -> None:
         # half precision changes scores slightly; the top boxes must agree
         n = min(5, len(a.fused), len(b.fused))
         np.testing.assert_allclose(a.fused.boxes[:n], b.fused.boxes[:n], atol=2.0)
+
+
+def test_an_unreadable_image_in_a_loader_worker_stops_with_one_clear_error(
+    data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from torch.utils.data import DataLoader
+
+    from kernel_lib.model import ImageDataset, _checked, _collate
+
+    good = sorted((data_dir / "test").glob("*.png"))[0]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(good.read_bytes()[:2000])  # a PNG header, then cut off: decoding fails
+    dataset = ImageDataset([good, bad], [(520, 1000)], EnsembleConfig(tta=("identity",)))
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=_collate)
+    seen = []
+    with pytest.raises(ValueError, match=r"broken\.png could not be decoded"):
+        for batch in _checked(iter(loader)):
+            seen.extend(item["id"] for item in batch)
+    assert seen == [good.stem]
+    assert "Traceback" not in capfd.readouterr().err
