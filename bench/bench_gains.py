@@ -43,13 +43,16 @@ from kernel_lib.tune import InstanceTable, images_from_cache, tune_postprocess
 def _link_images(ids: list[str], source: Path, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for image_id in ids:
-        (folder / f"{image_id}.png").symlink_to((source / f"{image_id}.png").resolve())
+        link = folder / f"{image_id}.png"
+        if not link.exists():  # a --work folder of an earlier run keeps its links (and caches)
+            link.symlink_to((source / f"{image_id}.png").resolve())
     return folder
 
 
 def _one_model(models: Path, name: str, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).symlink_to((models / name).resolve(), target_is_directory=True)
+    if not (folder / name).exists():
+        (folder / name).symlink_to((models / name).resolve(), target_is_directory=True)
     return folder
 
 
@@ -95,12 +98,15 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
             f"{name} alone, roi, identity + hflip", _one_model(models, name, work / "one" / name), base, f"one_{name}"
         )
     best = max(singles, key=lambda n: singles[n].report.score)
-    run_row(f"{best} alone (best fold), identity only", work / "one" / best, ens(tta=("identity",)), f"one_{best}_id")
+    if not args.lite:
+        run_row(f"{best} alone (best fold), identity", work / "one" / best, ens(tta=("identity",)), f"one_{best}_id")
     # 2. ensemble methods: "roi" through evaluate; the instance-level ones fuse one shared set of
     # per-view model outputs (the models run once for all four)
     run_row(f"ensemble of {len(names)}, roi, identity + hflip", models, ens(method="roi"), "ens_roi")
-    for method, row in _instance_methods(models, holdout_dir, truth, base, ("wmf", "mask_nms", "vote", "nmw")):
-        rows.append({"what": f"ensemble of {len(names)}, {method}, identity + hflip", **row})
+    shared = ens(tta=("identity",)) if args.lite else base
+    views = " + ".join(shared.ensemble.tta).replace("identity + hflip", "identity + hflip")
+    for method, row in _instance_methods(models, holdout_dir, truth, shared, ("wmf", "mask_nms", "vote", "nmw")):
+        rows.append({"what": f"ensemble of {len(names)}, {method}, {views}", **row})
         print(f"{rows[-1]['what']:<58} {row['score']:.4f}", flush=True)
     # 3. TTA
     tta_rows: list[tuple[str, EnsembleConfig]] = [
@@ -109,15 +115,37 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         ("all four flips", replace(base.ensemble, tta=("identity", "hflip", "vflip", "hvflip"))),
         ("identity + hflip, scales 1 and 1.25", replace(base.ensemble, scales=(1.0, 1.25))),
     ]
-    if args.quick:
+    if args.quick or args.lite:
         tta_rows = tta_rows[:1]
+    by_tta = {}
     for label, ensemble in tta_rows:
-        run_row(f"ensemble of {len(names)}, roi, {label}", models, base.replace(ensemble=ensemble), f"tta_{label}")
-    # 4. float32 on the CPU
+        by_tta[label] = run_row(
+            f"ensemble of {len(names)}, roi, {label}", models, base.replace(ensemble=ensemble), f"tta_{label}"
+        )
+    # 4. float32 on the CPU (lite: identity view, first 5 images, beside bfloat16 on the same images)
     fp32 = base.replace(inference=replace(base.inference, cpu_bf16=False))
-    run_row(f"ensemble of {len(names)}, roi, identity + hflip, float32", models, fp32, "ens_roi_fp32")
+    if args.lite:
+        few = holdout_ids[:5]
+        few_dir = _link_images(few, data / "train", work / "holdout_images_5")
+        config = fp32.replace(ensemble=replace(fp32.ensemble, tta=("identity",)))
+        ev = evaluate(truth, few_dir, models, config=config, cache_dir=work / "cache" / "fp32_5", progress=False)
+        rows.append(_row(f"ensemble of {len(names)}, roi, identity, float32 ({len(few)} images)", ev))
+        bf = by_tta["identity"].report.per_image
+        bf = bf[bf["id"].isin(few)]
+        rows.append(
+            {
+                "what": f"ensemble of {len(names)}, roi, identity, bfloat16 (the same {len(few)} images)",
+                "images": len(bf),
+                "score": round(float(bf["score"].mean()), 4),
+                **{str(t): round(float(g["score"].mean()), 4) for t, g in bf.groupby("cell_type")},
+            }
+        )
+        print(f"float32 vs bfloat16 on {len(few)} images: {rows[-2]['score']} vs {rows[-1]['score']}", flush=True)
+    else:
+        run_row(f"ensemble of {len(names)}, roi, identity + hflip, float32", models, fp32, "ens_roi_fp32")
     # 5. tuned post-processing: out-of-fold on the folds' held-out images, applied to the holdout
-    tuned = _tune_out_of_fold(truth, data, folds, folds_csv, models, base, work, args.trials, args.limit, print)
+    oof_base = ens(tta=("identity",)) if args.lite else base
+    tuned = _tune_out_of_fold(truth, data, folds, folds_csv, models, oof_base, work, args.trials, args.limit, print)
     rows.append({"what": "tuning (out-of-fold images, default -> tuned)", **tuned["oof"]})
     run_row(
         f"ensemble of {len(names)}, roi, identity + hflip, tuned post-processing",
@@ -125,7 +153,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         base.replace(postprocess=tuned["config"].postprocess),
         "ens_roi",
     )
-    tuned["config"].to_json(work / "best_config.json")
+    base.replace(postprocess=tuned["config"].postprocess).to_json(work / "best_config.json")
     print(f"tuned config: {work / 'best_config.json'}")
     return rows
 
@@ -220,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=300, help="tuning settings per cell type (default 300)")
     parser.add_argument("--quick", action="store_true", help="only the identity TTA row (fewer model runs)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N holdout and out-of-fold images")
+    parser.add_argument(
+        "--lite",
+        action="store_true",
+        help="fewer model runs: instance-level methods, float32 (5 images) and the out-of-fold tuning pass on the "
+        "identity view only; TTA rows identity and identity + hflip only",
+    )
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args(argv)
     rows = run(args)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's main job: run the Kaggle inference notebook locally, offline, on the CPU.
 #
-#   bash scripts/demo.sh [MODELS_DIR]
+#   bash scripts/demo.sh [MODELS_DIR | --random-weights]
 #
 # Builds a /kaggle-like tree under demo/ (git-ignored), in the layout Kaggle mounts for
 # notebooks pushed from the CLI:
@@ -14,20 +14,30 @@
 # there and saves the executed copy as demo/sartorius-inference.executed.ipynb.
 #
 # MODELS_DIR holds one folder per fold model (config.yaml + model_final.pth, optional meta.json)
-# and optionally models.json, as `python -m kernel_lib train` writes them. Without it, two fold
-# checkpoints with RANDOM weights are made so that the whole path runs (their predictions are
-# noise). KERNEL_LIB_CONFIG=path/to/config.json runs the notebook with that pipeline config.
+# and optionally models.json, as `python -m kernel_lib train` writes them. Without it, the fold
+# models shipped in models/r50-narrow/ run (trained from scratch on the annotated pack; see
+# docs/benchmarks.md). --random-weights makes two checkpoints with RANDOM weights instead (the
+# path runs, the predictions are noise). KERNEL_LIB_CONFIG=path/to/config.json runs the
+# notebook with that pipeline config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 if [ $# -gt 1 ]; then
   echo "error: expected at most one argument (MODELS_DIR), got $#; see: bash scripts/demo.sh --help" >&2
   exit 2
 fi
 case "${1:-}" in -h | --help) usage; exit 0 ;; esac
-MODELS_SRC=${1:-}
+SHIPPED=models/r50-narrow
+MODELS_SRC=${1:-$SHIPPED}
+if [ "$MODELS_SRC" = "--random-weights" ]; then
+  MODELS_SRC=""
+elif [ "$MODELS_SRC" = "$SHIPPED" ] && [ ! -f "$SHIPPED/models.json" ]; then
+  echo "error: the shipped fold models $SHIPPED/models.json are missing (a partial checkout?);" \
+    "pass MODELS_DIR or --random-weights" >&2
+  exit 2
+fi
 if [ -n "$MODELS_SRC" ]; then
   if [ ! -d "$MODELS_SRC" ]; then
     echo "error: MODELS_DIR $MODELS_SRC is not a folder; pass the folder that holds your fold model folders" >&2
@@ -77,9 +87,9 @@ if [ -n "$MODELS_SRC" ]; then
 else
   "$PY" -c "import sys; from kernel_lib.demo_models import make_demo_models; make_demo_models(sys.argv[1], n_folds=2)" "$MODELS"
   echo "******************************************************************************************"
-  echo "* No MODELS_DIR given: made 2 DEMONSTRATION fold checkpoints with RANDOM WEIGHTS.        *"
+  echo "* --random-weights: made 2 DEMONSTRATION fold checkpoints with RANDOM WEIGHTS.          *"
   echo "* They show that the whole path runs; their predictions are noise and score about 0.     *"
-  echo "* Pass your trained fold folders for real predictions: bash scripts/demo.sh runs/models  *"
+  echo "* Drop the flag for the shipped trained folds, or pass yours: bash scripts/demo.sh DIR   *"
   echo "******************************************************************************************"
 fi
 
@@ -125,5 +135,5 @@ echo "  overlays:           $WORKING/overlays/"
 echo "  timing table:       $WORKING/timings.csv"
 echo "  executed notebook:  $EXECUTED"
 if [ -z "$MODELS_SRC" ]; then
-  echo "  (models: demonstration checkpoints with RANDOM weights; pass MODELS_DIR for real predictions)"
+  echo "  (models: demonstration checkpoints with RANDOM weights; drop --random-weights for trained ones)"
 fi

@@ -121,7 +121,7 @@ def test_clear_errors_name_the_model(mixed_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model fold9"):
         load_models(tmp_path, ens, CPU)
     (tmp_path / "models.json").write_text(json.dumps({"models": [{"name": "broken", "weight": 0}]}))
-    with pytest.raises(ValueError, match="weight must be > 0"):
+    with pytest.raises(ValueError, match="weight must be a finite number > 0"):
         read_manifest(tmp_path)
 
 
