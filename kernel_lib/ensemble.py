@@ -403,10 +403,7 @@ def weighted_mask_fusion(
     Returns:
         The fused instances, by descending score.
     """
-    w = _view_weights(views, weights, "weighted_mask_fusion")
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"weighted_mask_fusion: expected iou_threshold in (0, 1], got {iou_threshold!r}")
-    allin = SoftInstances.concatenate(views)
+    w, allin = _fusion_inputs(views, weights, iou_threshold, "weighted_mask_fusion")
     if len(allin) == 0:
         return SoftInstances.empty(allin.shape, allin.mask_size)
     view_of = np.concatenate([np.full(len(v), k) for k, v in enumerate(views)])
@@ -468,10 +465,7 @@ def vote_screen(
     """
     if len(model_of) != len(views):
         raise ValueError(f"vote_screen: expected one model index per view ({len(views)}), got {len(model_of)}")
-    w = _view_weights(views, weights, "vote_screen")
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"vote_screen: expected iou_threshold in (0, 1], got {iou_threshold!r}")
-    allin = SoftInstances.concatenate(views)
+    w, allin = _fusion_inputs(views, weights, iou_threshold, "vote_screen")
     if len(allin) == 0:
         return SoftInstances.empty(allin.shape, allin.mask_size)
     model_of = np.asarray(model_of, dtype=np.int64)
@@ -487,13 +481,18 @@ def vote_screen(
     return out.subset(np.argsort(-out.scores, kind="stable")[:max_instances])
 
 
-def _view_weights(views: Sequence[SoftInstances], weights: Sequence[float] | None, who: str) -> np.ndarray:
+def _fusion_inputs(
+    views: Sequence[SoftInstances], weights: Sequence[float] | None, iou_threshold: float, who: str
+) -> tuple[np.ndarray, SoftInstances]:
+    """Checked inputs of an instance-level method: (per-view weights, all views concatenated)."""
     w = np.ones(len(views)) if weights is None else np.asarray(weights, dtype=np.float64)
     if not views:
         raise ValueError(f"{who}: expected at least one view, got none")
     if w.shape != (len(views),) or (w <= 0).any():
         raise ValueError(f"{who}: expected {len(views)} positive weights, got {weights!r}")
-    return w
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"{who}: expected iou_threshold in (0, 1], got {iou_threshold!r}")
+    return w, SoftInstances.concatenate(views)
 
 
 def box_iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -528,10 +527,7 @@ def non_maximum_weighted(
     Returns:
         The fused instances, by descending score.
     """
-    w = _view_weights(views, weights, "non_maximum_weighted")
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"non_maximum_weighted: expected iou_threshold in (0, 1], got {iou_threshold!r}")
-    allin = SoftInstances.concatenate(views)
+    w, allin = _fusion_inputs(views, weights, iou_threshold, "non_maximum_weighted")
     if len(allin) == 0:
         return SoftInstances.empty(allin.shape, allin.mask_size)
     view_w = np.concatenate([np.full(len(v), w[k] / w.max()) for k, v in enumerate(views)])
