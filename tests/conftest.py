@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,18 @@ def mini_dir() -> Path:
             "larger annotated pack not found: set SARTORIUS_DATA to a competition-like folder (train.csv, train/)"
         )
     return path
+
+
+@pytest.fixture
+def bare_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh venv without pip at ``tmp_path/venv``: (its python, its site-packages folder)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return python, Path(site)

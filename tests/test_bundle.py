@@ -192,18 +192,10 @@ def notebook_install_cell() -> str:
     return "".join(cell["source"])
 
 
-def test_fresh_venv_installs_the_bundle_offline_and_imports_it(dataset: Path, tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    venv_site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+def test_fresh_venv_installs_the_bundle_offline_and_imports_it(
+    dataset: Path, tmp_path: Path, bare_venv: tuple[Path, Path]
+) -> None:
+    python, venv_site = bare_venv
     (venv_site / "kaggle_image.pth").write_text(f"{kaggle_image_overlay(tmp_path / 'kaggle-image')}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV"))}
     env.update(KAGGLE_INPUT=str(dataset.parent), PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull)

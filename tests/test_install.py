@@ -211,21 +211,13 @@ SHADOWED = ("setuptools", "pkg_resources", "_distutils_hack", "distutils-precede
 
 
 @pytest.mark.slow
-def test_kernel_lib_and_detectron2_without_pkg_resources_and_with_newer_iopath_omegaconf(tmp_path: Path) -> None:
+def test_kernel_lib_and_detectron2_without_pkg_resources_and_with_newer_iopath_omegaconf(
+    tmp_path: Path, bare_venv: tuple[Path, Path]
+) -> None:
     """A venv that sees this project's packages (symlinked from .venv) except setuptools,
     pkg_resources, iopath and omegaconf, which come from the index: setuptools >= 82 (no
     pkg_resources), iopath 0.1.10, omegaconf 2.4.0."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    site = Path(
-        subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    python, site = bare_venv
     ours = Path(sysconfig.get_paths()["purelib"])
     for entry in ours.iterdir():
         if not entry.name.lower().startswith(SHADOWED):
