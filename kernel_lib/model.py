@@ -49,8 +49,15 @@ from tqdm.auto import tqdm
 
 from kernel_lib.config import CELL_TYPES, EnsembleConfig, InferenceConfig
 from kernel_lib.ensemble import DEFAULT_MASK_SIZE, SoftInstances
-from kernel_lib.images import read_image, to_model_input
-from kernel_lib.model_folder import CONFIG_FILE, WEIGHTS_FILE, fold_of, read_manifest, read_meta
+from kernel_lib.images import normalize_image, read_image, to_model_input
+from kernel_lib.model_folder import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    fold_of,
+    input_normalization,
+    read_manifest,
+    read_meta,
+)
 from kernel_lib.tta import View, make_views
 
 MASK_ROI_CHUNK = 4096
@@ -98,6 +105,11 @@ class FoldModel:
     @property
     def max_size(self) -> int:
         return int(self.cfg.INPUT.MAX_SIZE_TEST)
+
+    @property
+    def normalization(self) -> str:
+        """The input normalisation it was trained with (meta.json; "none" when absent)."""
+        return input_normalization(self.name, self.meta)
 
     @property
     def arch(self) -> str:
@@ -192,6 +204,7 @@ def load_fold_model(
         if not path.is_file():
             raise ValueError(f"model {name}: {path} is missing; a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     meta = read_meta(folder)
+    input_normalization(name, meta)  # an unknown value stops loading here, naming the model
     cfg = get_cfg()
     cfg.set_new_allowed(True)
     try:
@@ -285,23 +298,30 @@ def load_models(models_dir: str | Path, ensemble: EnsembleConfig, inference: Inf
 # data loading
 
 
-def _geometry(fm: FoldModel) -> tuple[int, int]:
-    return fm.min_size, fm.max_size
+InputKey = tuple[int, int, str]
+"""What a model's input depends on: (MIN_SIZE_TEST, MAX_SIZE_TEST, input normalisation).
+Models with one key share their inputs."""
 
 
-def views_for(shape: tuple[int, int], geometry: tuple[int, int], ensemble: EnsembleConfig) -> list[View]:
+def _geometry(fm: FoldModel) -> InputKey:
+    return fm.min_size, fm.max_size, fm.normalization
+
+
+def views_for(shape: tuple[int, int], geometry: InputKey, ensemble: EnsembleConfig) -> list[View]:
     """The TTA views of an image of ``shape`` for models of one input geometry."""
     return make_views(ensemble.tta, ensemble.scales, shape, geometry[0], geometry[1])
 
 
 class ImageDataset(Dataset):
-    """Reads image i and prepares every view's model input for every model geometry.
+    """Reads image i and prepares every view's model input for every model input key.
 
-    Items: ``{"id": str, "grey": (H, W) uint8, "inputs": {geometry: [(3, h, w) uint8
-    tensor per view]}}`` with geometry = (MIN_SIZE_TEST, MAX_SIZE_TEST).
+    Items: ``{"id": str, "grey": (H, W) uint8, "inputs": {key: [(3, h, w) uint8 tensor
+    per view]}}`` with key = :data:`InputKey`; ``grey`` is the image as read (what
+    post-processing and overlays use), the inputs are normalised as their models were
+    trained (:func:`kernel_lib.images.normalize_image`).
     """
 
-    def __init__(self, paths: Sequence[Path], geometries: Sequence[tuple[int, int]], ensemble: EnsembleConfig) -> None:
+    def __init__(self, paths: Sequence[Path], geometries: Sequence[InputKey], ensemble: EnsembleConfig) -> None:
         self.paths = [Path(p) for p in paths]
         self.geometries = list(dict.fromkeys(geometries))
         self.ensemble = ensemble
@@ -315,9 +335,9 @@ class ImageDataset(Dataset):
             grey = read_image(path)
         except ValueError as err:  # raised again by the main process: one clear line, no worker traceback
             return {"id": path.stem, "error": str(err)}
-        bgr = to_model_input(grey)
-        inputs: dict[tuple[int, int], list[torch.Tensor]] = {}
+        inputs: dict[InputKey, list[torch.Tensor]] = {}
         for geometry in self.geometries:
+            bgr = to_model_input(normalize_image(grey, geometry[2]))
             tensors = []
             for view in views_for(grey.shape, geometry, self.ensemble):
                 tensors.append(torch.from_numpy(np.ascontiguousarray(view.apply_image(bgr).transpose(2, 0, 1))))

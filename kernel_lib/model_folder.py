@@ -29,6 +29,9 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model_final.pth"
 META_FILE = "meta.json"
 MANIFEST_FILE = "models.json"
+NORMALIZATION_KEY = "input_normalization"
+"""meta.json key of the input normalisation a fold was trained with (one of
+:data:`kernel_lib.images.NORMALIZATIONS`; absent: ``none``). Inference applies it."""
 
 
 def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
@@ -97,6 +100,24 @@ def fold_of(name: str, meta: dict[str, Any]) -> int | None:
         return int(meta["fold"])
     match = re.search(r"fold\D*(\d+)", name, flags=re.IGNORECASE)
     return int(match.group(1)) if match else None
+
+
+def input_normalization(name: str, meta: dict[str, Any]) -> str:
+    """The input normalisation a model was trained with: ``meta["input_normalization"]``,
+    ``"none"`` when absent.
+
+    Raises:
+        ValueError: a value that is not one of :data:`kernel_lib.images.NORMALIZATIONS`.
+    """
+    from kernel_lib.images import NORMALIZATIONS
+
+    value = meta.get(NORMALIZATION_KEY, "none")
+    if value not in NORMALIZATIONS:
+        raise ValueError(
+            f"model {name}: {META_FILE} {NORMALIZATION_KEY!r} must be one of {', '.join(NORMALIZATIONS)}, "
+            f"got {value!r}; it names the normalisation the model was trained with"
+        )
+    return str(value)
 
 
 def write_manifest(models_dir: str | Path, models: Sequence[tuple[str, float]], note: str = "") -> Path:

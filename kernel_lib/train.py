@@ -22,8 +22,10 @@ become GroupNorm and no stage is frozen). At the end the fold's held-out images 
 predicted by the bundle's own pipeline (:mod:`kernel_lib.pipeline`) and scored with
 the competition metric (:mod:`kernel_lib.metric`).
 
-Images are read by :func:`kernel_lib.images.read_image` / ``to_model_input``, exactly as
-inference reads them. Imports torch and detectron2.
+Images are read by :func:`kernel_lib.images.read_image` / ``normalize_image`` /
+``to_model_input``, exactly as inference reads them; a fold trained with
+``normalization="per_image"`` records it in its meta.json, and inference applies it from
+there. Imports torch and detectron2.
 """
 
 from __future__ import annotations
@@ -58,9 +60,9 @@ from kernel_lib.config import CELL_TYPES, Config
 from kernel_lib.d2config import ARCHS, sartorius_config, zoo_config_file
 from kernel_lib.data import TrainingData, load_dataset_dicts, record_masks
 from kernel_lib.folds import read_folds
-from kernel_lib.images import read_image, to_model_input
+from kernel_lib.images import NORMALIZATIONS, normalize_image, read_image, to_model_input
 from kernel_lib.masks import CropMasks
-from kernel_lib.model_folder import CONFIG_FILE, WEIGHTS_FILE, write_meta
+from kernel_lib.model_folder import CONFIG_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, write_meta
 from kernel_lib.outputs import atomic_output
 
 logger = logging.getLogger("kernel_lib.train")
@@ -134,6 +136,10 @@ class TrainOptions:
         test_size: ``INPUT.MIN_SIZE_TEST`` written to config.yaml; 0 keeps the base
             config's. Keep it in the range of ``min_sizes``.
         augment: :class:`AugmentSettings`.
+        normalization: input normalisation, one of
+            :data:`kernel_lib.images.NORMALIZATIONS`: ``"per_image"`` brings every image
+            to one mean and spread before augmentation (:func:`kernel_lib.images.normalize_image`);
+            it is recorded in meta.json (``input_normalization``), and inference applies it.
         eval_period: also score the held-out images every this many iterations (0: only
             at the end).
         eval_config: a pipeline config JSON (``tune``'s) for the held-out scoring; ""
@@ -171,6 +177,7 @@ class TrainOptions:
     max_size: int = 0
     test_size: int = 0
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+    normalization: str = "none"
     eval_period: int = 0
     eval_config: str = ""
     heldout: bool = True
@@ -202,6 +209,8 @@ class TrainOptions:
                 f"sizes: expected min_sizes >= 32 and max_size, test_size >= 0 (0 = keep), "
                 f"got {self.min_sizes}, {self.max_size}, {self.test_size}"
             )
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization: expected one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
         if len(self.overrides) % 2:
             raise ValueError(f"overrides: expected KEY VALUE pairs, got an odd number of items {self.overrides!r}")
         for name in ("eval_period", "checkpoint_period", "workers", "max_images"):
@@ -336,15 +345,19 @@ class SartoriusMapper:
     mapper does when it crops), and instances left empty by a crop are dropped.
     """
 
-    def __init__(self, augmentations: list[T.Augmentation], image_format: str = "BGR") -> None:
+    def __init__(
+        self, augmentations: list[T.Augmentation], image_format: str = "BGR", normalization: str = "none"
+    ) -> None:
         if image_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT: expected BGR or RGB (grey images), got {image_format!r}")
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
+        self.normalization = normalization
 
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         record = copy.deepcopy(record)
-        image = to_model_input(read_image(record["file_name"]))  # grey repeated: BGR == RGB
+        grey = normalize_image(read_image(record["file_name"]), self.normalization)
+        image = to_model_input(grey)  # grey repeated: BGR == RGB
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
@@ -372,7 +385,9 @@ class CropFirstMapper:
     window side.
     """
 
-    def __init__(self, min_sizes: tuple[int, ...], max_size: int, augment: AugmentSettings) -> None:
+    def __init__(
+        self, min_sizes: tuple[int, ...], max_size: int, augment: AugmentSettings, normalization: str = "none"
+    ) -> None:
         if augment.crop <= 0:
             raise ValueError(f"CropFirstMapper: expected a crop side > 0, got {augment.crop}")
         if not min_sizes:
@@ -380,13 +395,15 @@ class CropFirstMapper:
         self.min_sizes = tuple(int(s) for s in min_sizes)
         self.max_size = int(max_size)
         self.augment = augment
+        self.normalization = normalization
         self._cache: dict[str, tuple[np.ndarray, CropMasks, np.ndarray]] = {}
 
     def _load(self, record: dict[str, Any]) -> tuple[np.ndarray, CropMasks, np.ndarray]:
         key = str(record["file_name"])
         if key not in self._cache:
             classes = np.array([a["category_id"] for a in record["annotations"]], np.int64)
-            self._cache[key] = (read_image(key), record_masks(record), classes)
+            grey = normalize_image(read_image(key), self.normalization)  # the whole image's mean and spread
+            self._cache[key] = (grey, record_masks(record), classes)
         return self._cache[key]
 
     def _window(self, height: int, width: int) -> tuple[int, int, int, int, int]:
@@ -472,12 +489,14 @@ def _brightness_contrast(image: np.ndarray, augment: AugmentSettings) -> np.ndar
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def build_mapper(cfg: CfgNode, augment: AugmentSettings) -> CropFirstMapper | SartoriusMapper:
+def build_mapper(
+    cfg: CfgNode, augment: AugmentSettings, normalization: str = "none"
+) -> CropFirstMapper | SartoriusMapper:
     """:class:`CropFirstMapper` for crop training with a choice of short edges, else
     :class:`SartoriusMapper` (whole images, or a short edge drawn from a range)."""
     if augment.crop and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and cfg.INPUT.FORMAT in ("BGR", "RGB"):
-        return CropFirstMapper(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, augment)
-    return SartoriusMapper(build_augmentations(cfg, augment), cfg.INPUT.FORMAT)
+        return CropFirstMapper(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, augment, normalization)
+    return SartoriusMapper(build_augmentations(cfg, augment), cfg.INPUT.FORMAT, normalization)
 
 
 # -------------------------------------------------------------------------- fast RoIAlign
@@ -736,11 +755,14 @@ def score_models(models_dir: str | Path, data: TrainingData, config: Config | No
     return HeldoutScore(float(report.score), per_type, per_image, len(per_image), time.perf_counter() - start)
 
 
-def _score_weights(cfg: CfgNode, model: torch.nn.Module, data: TrainingData, config: Config, name: str) -> HeldoutScore:
-    """Score in-memory weights: written to a temporary model folder, read back by the pipeline."""
+def _score_weights(
+    cfg: CfgNode, model: torch.nn.Module, data: TrainingData, config: Config, name: str, normalization: str = "none"
+) -> HeldoutScore:
+    """Score in-memory weights: written to a temporary model folder (with the run's input
+    normalisation in its meta.json), read back by the pipeline."""
     with tempfile.TemporaryDirectory(prefix="kernel_lib_eval_") as tmp:
         folder = Path(tmp) / name
-        write_model_folder(folder, cfg, model, meta=None)
+        write_model_folder(folder, cfg, model, meta={NORMALIZATION_KEY: normalization})
         return score_models(tmp, data, config)
 
 
@@ -905,7 +927,7 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
 
     cfg = build_config(opts, device)
     cfg.freeze()
-    mapper = build_mapper(cfg, opts.augment)
+    mapper = build_mapper(cfg, opts.augment, opts.normalization)
     bf16 = opts.resolved_bf16(device)
     config = _eval_config(opts, device)
 
@@ -914,7 +936,7 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
     def periodic_eval() -> dict[str, float]:
         if heldout is None or not comm.is_main_process() or trainer is None:
             return {}
-        result = _score_weights(cfg, trainer.model, heldout, config, opts.fold_name)
+        result = _score_weights(cfg, trainer.model, heldout, config, opts.fold_name, opts.normalization)
         logger.info("iteration %d: held-out score %.4f", trainer.iter + 1, result.score)
         return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
 
@@ -953,6 +975,7 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         "min_size_train": list(cfg.INPUT.MIN_SIZE_TRAIN),
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "augment": dataclasses.asdict(opts.augment),
+        NORMALIZATION_KEY: opts.normalization,
         "seed": opts.seed,
         "train_seconds": round(train_seconds, 1),
         "iters_per_second": round(done / train_seconds, 4) if train_seconds > 0 else None,

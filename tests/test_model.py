@@ -157,14 +157,51 @@ def test_mask_pooler_maps_flipped_boxes_back_exactly(mixed_dir: Path) -> None:
 
 def test_dataset_prepares_every_view_per_geometry(mixed_dir: Path, data_dir: Path) -> None:
     ens = _ensemble(tta=("identity", "hflip", "vflip"))
-    dataset = ImageDataset(_test_images(data_dir, 1), [(MIN_SIZE, MAX_SIZE), (MIN_SIZE, MAX_SIZE), (96, 200)], ens)
+    plain, small = (MIN_SIZE, MAX_SIZE, "none"), (96, 200, "none")
+    dataset = ImageDataset(_test_images(data_dir, 1), [plain, plain, small], ens)
     item = dataset[0]
     assert item["grey"].shape == (520, 704)
-    assert sorted(item["inputs"]) == [(96, 200), (MIN_SIZE, MAX_SIZE)]
-    views = item["inputs"][(MIN_SIZE, MAX_SIZE)]
+    assert sorted(item["inputs"]) == [small, plain]
+    views = item["inputs"][plain]
     assert len(views) == 3 and views[0].shape == (3, MIN_SIZE, 217) and views[0].dtype == torch.uint8
     torch.testing.assert_close(views[1], views[0].flip(-1))
     torch.testing.assert_close(views[2], views[0].flip(-2))
+
+
+def test_dataset_normalises_the_inputs_of_a_per_image_model_only(data_dir: Path) -> None:
+    """Models of one size but another normalisation get their own inputs; ``grey`` stays
+    the image as read."""
+    from kernel_lib.images import normalize_image, read_image
+
+    path = _test_images(data_dir, 1)[0]
+    ens = _ensemble(tta=("identity",))
+    item = ImageDataset([path], [(520, 1000, "none"), (520, 1000, "per_image")], ens)[0]
+    grey = read_image(path)
+    np.testing.assert_array_equal(item["grey"], grey)
+    np.testing.assert_array_equal(item["inputs"][(520, 1000, "none")][0][0].numpy(), grey)
+    normed = item["inputs"][(520, 1000, "per_image")][0]
+    np.testing.assert_array_equal(normed[0].numpy(), normalize_image(grey, "per_image"))
+    assert abs(float(normed.float().mean()) - 128) < 2
+
+
+def test_a_models_normalisation_comes_from_its_meta_json(mixed_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from kernel_lib.model import _geometry
+    from kernel_lib.model_folder import read_manifest, read_meta, write_meta
+
+    name = read_manifest(mixed_dir)[0][0]
+    folder = tmp_path / "models" / name
+    shutil.copytree(mixed_dir / name, folder)
+    (model,) = load_models(tmp_path / "models", _ensemble(), CPU)
+    assert model.normalization == "none" and _geometry(model)[2] == "none"
+    write_meta(folder, {**read_meta(folder), "input_normalization": "per_image"})
+    (model,) = load_models(tmp_path / "models", _ensemble(), CPU)
+    assert model.normalization == "per_image" and _geometry(model) == (model.min_size, model.max_size, "per_image")
+    write_meta(folder, {**read_meta(folder), "input_normalization": "zscore"})
+    must = rf"model {name}: meta.json 'input_normalization' must be one of none, per_image"
+    with pytest.raises(ValueError, match=must):
+        load_models(tmp_path / "models", _ensemble(), CPU)
 
 
 def test_roi_ensemble_of_mixed_models(mixed_dir: Path, data_dir: Path) -> None:
@@ -304,7 +341,7 @@ def test_a_view_that_is_the_identity_twice_equals_one_view(mixed_dir: Path, data
     twin = models[0].to(torch.device("cpu"))
     twin.weight = 3.0
     ens = _ensemble(tta=("identity",))
-    item = ImageDataset(_test_images(data_dir, 1), [(MIN_SIZE, MAX_SIZE)], ens)[0]
+    item = ImageDataset(_test_images(data_dir, 1), [(MIN_SIZE, MAX_SIZE, "none")], ens)[0]
     (single,) = EnsemblePredictor(models, ens, CPU).predict_batch([item])
     (double,) = EnsemblePredictor([models[0], twin], ens, CPU).predict_batch([item])
     np.testing.assert_allclose(double.fused.boxes, single.fused.boxes, atol=1e-4)
@@ -344,7 +381,7 @@ def test_an_unreadable_image_in_a_loader_worker_stops_with_one_clear_error(
     good = sorted((data_dir / "test").glob("*.png"))[0]
     bad = tmp_path / "broken.png"
     bad.write_bytes(good.read_bytes()[:2000])  # a PNG header, then cut off: decoding fails
-    dataset = ImageDataset([good, bad], [(520, 1000)], EnsembleConfig(tta=("identity",)))
+    dataset = ImageDataset([good, bad], [(520, 1000, "none")], EnsembleConfig(tta=("identity",)))
     loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=_collate)
     seen = []
     with pytest.raises(ValueError, match=r"broken\.png could not be decoded"):

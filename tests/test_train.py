@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -90,6 +91,23 @@ def test_mapper_without_augmentation_gives_the_annotated_masks(data_dir: Path, t
     assert "annotations" in record  # the dataset's own dict is not consumed
 
 
+def test_mappers_normalise_the_whole_image_as_inference_does(data_dir: Path, tmp_path: Path) -> None:
+    from kernel_lib.images import normalize_image, read_image
+    from kernel_lib.train import CropFirstMapper
+
+    (record,) = load_dataset_dicts(data_dir, ["ea362f1a9844"]).dicts
+    expected = normalize_image(read_image(record["file_name"]), "per_image")
+    cfg = build_config(_options(tmp_path, min_sizes=(520,), max_size=704), "cpu")
+    none = AugmentSettings(hflip=False, vflip=False, rot90=False, brightness=(1, 1), contrast=(1, 1))
+    out = SartoriusMapper(build_augmentations(cfg, none), normalization="per_image")(record)
+    assert np.array_equal(out["image"][0].numpy(), expected)
+    crop_first = CropFirstMapper((520,), 704, dataclasses.replace(none, crop=256), normalization="per_image")
+    grey, _, _ = crop_first._load(record)  # the statistics are the whole image's, not a crop's
+    assert np.array_equal(grey, expected)
+    with pytest.raises(ValueError, match="normalization: expected one of none, per_image, got 'zscore'"):
+        _options(tmp_path, normalization="zscore")
+
+
 def test_mapper_with_augmentation_keeps_boxes_on_their_masks(data_dir: Path, tmp_path: Path) -> None:
     data = load_dataset_dicts(data_dir, ["e9edcd9483e4"])
     cfg = build_config(_options(tmp_path, min_sizes=(400, 520)), "cpu")
@@ -176,7 +194,7 @@ def test_bad_options_name_the_fix(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """Two iterations on two images of the shipped sample, held-out = one image."""
+    """Two iterations on two images of the shipped sample (per-image normalisation), held-out = one image."""
     root = tmp_path_factory.mktemp("train")
     folds = make_folds(data_dir / "train.csv", n_folds=2, seed=0)
     keep = ["ea362f1a9844", "b50a98297c83", "caa06f9a4057"]  # two cort to train on, one astro held out
@@ -190,7 +208,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
             "train", "--data", str(data_dir), "--folds", str(root / "folds.csv"), "--fold", "1",
             "--out", str(root / "models"), "--iters", "2", "--batch", "2", "--device", "cpu",
             "--min-sizes", "96", "--max-size", "160", "--test-size", "96", "--workers", "0",
-            "--eval-config", str(root / "eval.json"), "--eval-period", "1",
+            "--eval-config", str(root / "eval.json"), "--eval-period", "1", "--normalization", "per_image",
             "--set", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
         ]
     )  # fmt: skip
@@ -207,6 +225,7 @@ def test_tiny_run_leaves_the_layout_predict_reads(tiny_run: Path, data_dir: Path
     assert meta["train_images"] == 2 and meta["heldout_ids"] == ["caa06f9a4057"]
     assert 0.0 <= meta["heldout_score"] <= 1.0 and set(meta["heldout_per_cell_type"]) == {"astro"}
     assert meta["heldout_eval"]["tta"] == ["identity"]
+    assert meta["input_normalization"] == "per_image"  # what inference reads back
     log = [json.loads(line) for line in (fold / "metrics.json").read_text().splitlines()]
     last = max((line for line in log if "total_loss" in line), key=lambda line: line["iteration"])
     assert last["iteration"] == 1 and np.isfinite(last["total_loss"])
@@ -226,7 +245,7 @@ def test_tiny_run_loads_in_the_pipeline_and_predicts(tiny_run: Path, data_dir: P
 
     config = Config(ensemble=EnsembleConfig(tta=("identity",), detections_per_image=50))
     models = pipeline.load_models(tiny_run / "models", config)
-    assert len(models) == 1
+    assert len(models) == 1 and models[0].normalization == "per_image"
     test_dir = tmp_path / "test"
     test_dir.mkdir()
     shutil.copy(data_dir / "test" / "7ae19de7bc2a.png", test_dir)

@@ -71,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-rot90", action="store_true", help="no 90-degree rotations")
     parser.add_argument("--brightness", type=_pair, default=(0.8, 1.2), help="brightness factor range MIN,MAX")
     parser.add_argument("--contrast", type=_pair, default=(0.8, 1.2), help="contrast factor range MIN,MAX")
+    parser.add_argument(
+        "--normalization",
+        choices=("none", "per_image"),
+        default="none",
+        help="input normalisation: per_image brings each image to one mean and spread (recorded in meta.json, "
+        "applied by inference; default none)",
+    )
     parser.add_argument("--eval-period", type=int, default=0, help="also score held-out images every N iterations")
     parser.add_argument("--eval-config", default="", help="pipeline config JSON for held-out scoring (tune's)")
     parser.add_argument("--no-heldout", action="store_true", help="skip scoring the held-out images at the end")
@@ -131,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             max_size=args.max_size,
             test_size=args.test_size,
             augment=augment,
+            normalization=args.normalization,
             eval_period=args.eval_period,
             eval_config=args.eval_config,
             heldout=not args.no_heldout,
