@@ -68,94 +68,134 @@ def _row(what: str, ev: Evaluation) -> dict[str, object]:
     }
 
 
-def run(args: argparse.Namespace) -> list[dict[str, object]]:
-    models = Path(args.models)
-    data = Path(args.data)
-    truth = data / "train.csv"
-    holdout_ids = pd.read_csv(models / "holdout.csv")["id"].astype(str).tolist()[: args.limit or None]
-    folds_csv = models / "folds.csv"
-    folds = pd.read_csv(folds_csv)
-    names = [name for name, _ in read_manifest(models)]
-    base = load_config(args.config) if args.config else Config()
-    work = Path(args.work or tempfile.mkdtemp(prefix="gains_"))
-    holdout_dir = _link_images(holdout_ids, data / "train", work / "holdout_images")
-    rows: list[dict[str, object]] = []
+class GainTable:
+    """The rows of the table, group by group, on one holdout and one work folder."""
 
-    def run_row(what: str, models_dir: Path, config: Config, cache: str) -> Evaluation:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.models = Path(args.models)
+        self.data = Path(args.data)
+        self.truth = self.data / "train.csv"
+        self.holdout_ids = pd.read_csv(self.models / "holdout.csv")["id"].astype(str).tolist()[: args.limit or None]
+        self.folds_csv = self.models / "folds.csv"
+        self.names = [name for name, _ in read_manifest(self.models)]
+        self.base = load_config(args.config) if args.config else Config()
+        self.work = Path(args.work or tempfile.mkdtemp(prefix="gains_"))
+        self.holdout_dir = _link_images(self.holdout_ids, self.data / "train", self.work / "holdout_images")
+        self.rows: list[dict[str, object]] = []
+        self.ensemble_of = f"ensemble of {len(self.names)}"
+
+    def run_row(self, what: str, models_dir: Path, config: Config, cache: str) -> Evaluation:
         start = time.perf_counter()
-        ev = evaluate(truth, holdout_dir, models_dir, config=config, cache_dir=work / "cache" / cache, progress=False)
-        rows.append(_row(what, ev))
-        print(f"{what:<58} {rows[-1]['score']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        ev = evaluate(
+            self.truth,
+            self.holdout_dir,
+            models_dir,
+            config=config,
+            cache_dir=self.work / "cache" / cache,
+            progress=False,
+        )
+        self.rows.append(_row(what, ev))
+        print(f"{what:<58} {self.rows[-1]['score']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
         return ev
 
-    def ens(**changes: object) -> Config:
-        return base.replace(ensemble=replace(base.ensemble, **changes))
+    def ens(self, **changes: object) -> Config:
+        return self.base.replace(ensemble=replace(self.base.ensemble, **changes))
 
-    # 1. single folds
-    singles = {}
-    for name in names:
-        singles[name] = run_row(
-            f"{name} alone, roi, identity + hflip", _one_model(models, name, work / "one" / name), base, f"one_{name}"
-        )
-    best = max(singles, key=lambda n: singles[n].report.score)
-    if not args.lite:
-        run_row(f"{best} alone (best fold), identity", work / "one" / best, ens(tta=("identity",)), f"one_{best}_id")
-    # 2. ensemble methods: "roi" through evaluate; the instance-level ones fuse one shared set of
-    # per-view model outputs (the models run once for all four)
-    run_row(f"ensemble of {len(names)}, roi, identity + hflip", models, ens(method="roi"), "ens_roi")
-    shared = ens(tta=("identity",)) if args.lite else base
-    views = " + ".join(shared.ensemble.tta).replace("identity + hflip", "identity + hflip")
-    for method, row in _instance_methods(models, holdout_dir, truth, shared, ("wmf", "mask_nms", "vote", "nmw")):
-        rows.append({"what": f"ensemble of {len(names)}, {method}, {views}", **row})
-        print(f"{rows[-1]['what']:<58} {row['score']:.4f}", flush=True)
-    # 3. TTA
-    tta_rows: list[tuple[str, EnsembleConfig]] = [
-        ("identity", replace(base.ensemble, tta=("identity",))),
-        ("identity + vflip", replace(base.ensemble, tta=("identity", "vflip"))),
-        ("all four flips", replace(base.ensemble, tta=("identity", "hflip", "vflip", "hvflip"))),
-        ("identity + hflip, scales 1 and 1.25", replace(base.ensemble, scales=(1.0, 1.25))),
-    ]
-    if args.quick or args.lite:
-        tta_rows = tta_rows[:1]
-    by_tta = {}
-    for label, ensemble in tta_rows:
-        by_tta[label] = run_row(
-            f"ensemble of {len(names)}, roi, {label}", models, base.replace(ensemble=ensemble), f"tta_{label}"
-        )
-    # 4. float32 on the CPU (lite: identity view, first 5 images, beside bfloat16 on the same images)
-    fp32 = base.replace(inference=replace(base.inference, cpu_bf16=False))
-    if args.lite:
-        few = holdout_ids[:5]
-        few_dir = _link_images(few, data / "train", work / "holdout_images_5")
+    def singles(self) -> None:
+        """Each fold alone (identity + hflip), and the best one on the identity view."""
+        scores = {}
+        for name in self.names:
+            one = _one_model(self.models, name, self.work / "one" / name)
+            scores[name] = self.run_row(f"{name} alone, roi, identity + hflip", one, self.base, f"one_{name}")
+        best = max(scores, key=lambda n: scores[n].report.score)
+        if not self.args.lite:
+            config = self.ens(tta=("identity",))
+            self.run_row(f"{best} alone (best fold), identity", self.work / "one" / best, config, f"one_{best}_id")
+
+    def methods(self) -> None:
+        """roi through evaluate; the instance-level methods fuse one shared set of per-view
+        model outputs (the models run once for all four)."""
+        self.run_row(f"{self.ensemble_of}, roi, identity + hflip", self.models, self.ens(method="roi"), "ens_roi")
+        shared = self.ens(tta=("identity",)) if self.args.lite else self.base
+        views = " + ".join(shared.ensemble.tta)
+        fused = _instance_methods(self.models, self.holdout_dir, self.truth, shared, ("wmf", "mask_nms", "vote", "nmw"))
+        for method, row in fused:
+            self.rows.append({"what": f"{self.ensemble_of}, {method}, {views}", **row})
+            print(f"{self.rows[-1]['what']:<58} {row['score']:.4f}", flush=True)
+
+    def tta(self, only_identity: bool = False) -> dict[str, Evaluation]:
+        """The roi ensemble under each TTA (identity only with --quick / --lite)."""
+        base = self.base.ensemble
+        rows: list[tuple[str, EnsembleConfig]] = [
+            ("identity", replace(base, tta=("identity",))),
+            ("identity + vflip", replace(base, tta=("identity", "vflip"))),
+            ("all four flips", replace(base, tta=("identity", "hflip", "vflip", "hvflip"))),
+            ("identity + hflip, scales 1 and 1.25", replace(base, scales=(1.0, 1.25))),
+        ]
+        if only_identity or self.args.quick or self.args.lite:
+            rows = rows[:1]
+        return {
+            label: self.run_row(
+                f"{self.ensemble_of}, roi, {label}", self.models, self.base.replace(ensemble=e), f"tta_{label}"
+            )
+            for label, e in rows
+        }
+
+    def fp32(self) -> None:
+        """float32 on the CPU (lite: identity view, first 5 images, beside bfloat16 on the same images)."""
+        fp32 = self.base.replace(inference=replace(self.base.inference, cpu_bf16=False))
+        if not self.args.lite:
+            self.run_row(f"{self.ensemble_of}, roi, identity + hflip, float32", self.models, fp32, "ens_roi_fp32")
+            return
+        few = self.holdout_ids[:5]
+        few_dir = _link_images(few, self.data / "train", self.work / "holdout_images_5")
         config = fp32.replace(ensemble=replace(fp32.ensemble, tta=("identity",)))
-        ev = evaluate(truth, few_dir, models, config=config, cache_dir=work / "cache" / "fp32_5", progress=False)
-        rows.append(_row(f"ensemble of {len(names)}, roi, identity, float32 ({len(few)} images)", ev))
-        bf = by_tta["identity"].report.per_image
+        ev = evaluate(
+            self.truth, few_dir, self.models, config=config, cache_dir=self.work / "cache" / "fp32_5", progress=False
+        )
+        self.rows.append(_row(f"{self.ensemble_of}, roi, identity, float32 ({len(few)} images)", ev))
+        bf = self.tta(only_identity=True)["identity"].report.per_image
+        self.rows.pop()  # the identity row again (cached); only its images are wanted here
         bf = bf[bf["id"].isin(few)]
-        rows.append(
+        self.rows.append(
             {
-                "what": f"ensemble of {len(names)}, roi, identity, bfloat16 (the same {len(few)} images)",
+                "what": f"{self.ensemble_of}, roi, identity, bfloat16 (the same {len(few)} images)",
                 "images": len(bf),
                 "score": round(float(bf["score"].mean()), 4),
                 **{str(t): round(float(g["score"].mean()), 4) for t, g in bf.groupby("cell_type")},
             }
         )
-        print(f"float32 vs bfloat16 on {len(few)} images: {rows[-2]['score']} vs {rows[-1]['score']}", flush=True)
-    else:
-        run_row(f"ensemble of {len(names)}, roi, identity + hflip, float32", models, fp32, "ens_roi_fp32")
-    # 5. tuned post-processing: out-of-fold on the folds' held-out images, applied to the holdout
-    oof_base = ens(tta=("identity",)) if args.lite else base
-    tuned = _tune_out_of_fold(truth, data, folds, folds_csv, models, oof_base, work, args.trials, args.limit, print)
-    rows.append({"what": "tuning (out-of-fold images, default -> tuned)", **tuned["oof"]})
-    run_row(
-        f"ensemble of {len(names)}, roi, identity + hflip, tuned post-processing",
-        models,
-        base.replace(postprocess=tuned["config"].postprocess),
-        "ens_roi",
-    )
-    base.replace(postprocess=tuned["config"].postprocess).to_json(work / "best_config.json")
-    print(f"tuned config: {work / 'best_config.json'}")
-    return rows
+        print(f"float32 vs bfloat16 on {len(few)} images: {self.rows[-2]['score']} vs {self.rows[-1]['score']}")
+
+    def tuned(self) -> None:
+        """Post-processing tuned out-of-fold on the folds' held-out images, applied to the holdout."""
+        oof_base = self.ens(tta=("identity",)) if self.args.lite else self.base
+        folds = pd.read_csv(self.folds_csv)
+        tuned = _tune_out_of_fold(
+            self.truth, self.data, folds, self.folds_csv, self.models, oof_base, self.work, self.args.trials,
+            self.args.limit, print,
+        )  # fmt: skip
+        self.rows.append({"what": "tuning (out-of-fold images, default -> tuned)", **tuned["oof"]})
+        config = self.base.replace(postprocess=tuned["config"].postprocess)
+        self.run_row(
+            f"{self.ensemble_of}, roi, identity + hflip, tuned post-processing", self.models, config, "ens_roi"
+        )
+        config.to_json(self.work / "best_config.json")
+        print(f"tuned config: {self.work / 'best_config.json'}")
+
+
+GROUPS = ("singles", "methods", "tta", "fp32", "tuned")
+"""Row groups (``--groups``), in the table's order: each fold alone; the ensemble
+methods; the TTA views; float32 vs bfloat16; post-processing tuned out-of-fold."""
+
+
+def run(args: argparse.Namespace) -> list[dict[str, object]]:
+    table = GainTable(args)
+    for group in GROUPS:
+        if group in args.groups:
+            getattr(table, group)()
+    return table.rows
 
 
 def _instance_methods(
@@ -253,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fewer model runs: instance-level methods, float32 (5 images) and the out-of-fold tuning pass on the "
         "identity view only; TTA rows identity and identity + hflip only",
+    )
+    parser.add_argument(
+        "--groups",
+        nargs="+",
+        choices=GROUPS,
+        default=list(GROUPS),
+        help="row groups to run (default all); with --work of an earlier run, rows already run come from its caches",
     )
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args(argv)
