@@ -9,7 +9,10 @@ whether the remaining images fit:
                        current ensemble started, its start-up included) x work ratio
                        + post-processing still queued
 
-When that is later than the deadline (the first model call + ``time_budget_s``), the
+With a budget, the first image runs alone (a probe): a whole first batch of a heavy
+ensemble can by itself outlast a short budget, and the guard can only act between
+batches. When the projection is later than the deadline (the first model call +
+``time_budget_s``), the
 remaining images run the first lighter ensemble of :func:`degradation_steps` that is
 projected to fit, or the lightest one when none is. The order, one removal per step:
 
@@ -140,6 +143,8 @@ class BudgetGuard:
         batch_size: images per model batch (the guard decides after each batch).
         start: the clock's value at the first model call.
         clock: the clock (``time.perf_counter``; tests pass a fake one).
+        probe: with a budget, run the first image alone and decide after it (see
+            :attr:`probing`); False: the first decision comes after a whole batch.
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class BudgetGuard:
         batch_size: int,
         start: float,
         clock: Callable[[], float] = time.perf_counter,
+        probe: bool = True,
     ) -> None:
         if not steps:
             raise ValueError("BudgetGuard: expected at least one step (the full ensemble), got none")
@@ -169,10 +175,18 @@ class BudgetGuard:
         self._batch_start = start
         self._batch: list[str] = []
         self._warned_lightest = False
+        self._probe = probe and budget_s is not None and batch_size > 1 and n_images > 1
 
     @property
     def step(self) -> DegradationStep:
         return self.steps[self.current]
+
+    @property
+    def probing(self) -> bool:
+        """True while the first image, run alone, is still to come (a budget is set, the
+        batches hold more than one image, and there is more than one image): the caller
+        sends that image as a batch of its own, then the rest in full batches."""
+        return self._probe and not self.runs and not self._batch
 
     @property
     def n_degraded(self) -> int:
@@ -187,10 +201,11 @@ class BudgetGuard:
             image_id: the image that came out of the models.
             tail_s: seconds of work still queued behind the models (post-processing).
         """
+        probe_batch = self._probe and not self.runs
         self._batch.append(image_id)
         self._at_step += 1
         done = len(self.runs) + len(self._batch)
-        if self._at_step % self.batch_size and done < self.n_images:
+        if len(self._batch) < (1 if probe_batch else self.batch_size) and done < self.n_images:
             return
         now = self.clock()
         self._close_batch(now)

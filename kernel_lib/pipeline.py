@@ -200,15 +200,17 @@ def _guarded_outputs(
     mask_min_score: float,
     progress: bool,
 ) -> Iterator[tuple[str, np.ndarray, ViewOutputs, DegradationStep]]:
-    """The models' outputs, image by image, at the guard's current step: when the guard
-    steps down (after a batch), the remaining images restart with the lighter ensemble."""
+    """The models' outputs, image by image, at the guard's current step: the probe image
+    alone first when the guard asks for one; when the guard steps down (after a batch),
+    the remaining images restart with the lighter ensemble."""
     by_name = {fm.name: fm for fm in models}
     start = 0
     while start < len(paths):
         step = guard.step
         chosen = [by_name[name] for name in step.models]
+        stop = start + 1 if guard.probing else len(paths)
         outputs = _model_outputs(
-            paths[start:], chosen, config.replace(ensemble=step.ensemble), mask_min_score, progress
+            paths[start:stop], chosen, config.replace(ensemble=step.ensemble), mask_min_score, progress
         )
         try:
             for image_id, grey, out in outputs:
@@ -277,7 +279,7 @@ def run_inference(
     """Predict every test image and write a validated ``submission.csv``.
 
     With ``config.inference.time_budget_s`` set, a :class:`kernel_lib.budget.BudgetGuard`
-    projects the finish after each batch and runs a lighter ensemble on the remaining
+    projects the finish after a first image run alone and after each batch, and runs a lighter ensemble on the remaining
     images when it would overrun (extra scales, then flip views, then the lowest-weight
     models; each step logged, each image's in ``runs``); every image still gets
     predictions.

@@ -81,7 +81,7 @@ def test_guard_jumps_to_the_first_step_projected_to_fit(caplog: pytest.LogCaptur
     clock = FakeClock()
     ids = [f"i{k}" for k in range(10)]
     # first batch of 2: 12 s; 8 left: full 48 s more (60 > 40), 3-work 24 s (36 <= 40): step 1
-    guard = BudgetGuard(40.0, steps, len(ids), 2, start=0.0, clock=clock)
+    guard = BudgetGuard(40.0, steps, len(ids), 2, start=0.0, clock=clock, probe=False)
     with caplog.at_level(logging.WARNING, logger="kernel_lib.budget"):
         _run(guard, clock, ids, 1.0)
     assert [r.step for r in guard.runs] == [0, 0] + [1] * 8
@@ -96,7 +96,7 @@ def test_guard_steps_down_to_the_lightest_and_still_runs_every_image(caplog: pyt
     steps = degradation_steps(EnsembleConfig(tta=("identity", "hflip")), MODELS)
     clock = FakeClock()
     ids = [f"i{k}" for k in range(7)]
-    guard = BudgetGuard(1.0, steps, len(ids), 3, start=0.0, clock=clock)
+    guard = BudgetGuard(1.0, steps, len(ids), 3, start=0.0, clock=clock, probe=False)
     with caplog.at_level(logging.WARNING, logger="kernel_lib.budget"):
         _run(guard, clock, ids, 1.0)
     assert [r.step for r in guard.runs] == [0, 0, 0, 3, 3, 3, 3]
@@ -113,7 +113,7 @@ def test_guard_steps_down_to_the_lightest_and_still_runs_every_image(caplog: pyt
 def test_guard_decides_after_whole_batches_only() -> None:
     steps = degradation_steps(EnsembleConfig(tta=("identity", "hflip")), MODELS)
     clock = FakeClock()
-    guard = BudgetGuard(1.0, steps, 8, 4, start=0.0, clock=clock)
+    guard = BudgetGuard(1.0, steps, 8, 4, start=0.0, clock=clock, probe=False)
     for k in range(3):  # mid-batch: no switch however late
         clock.now += 100.0
         guard.image_done(f"i{k}")
@@ -122,6 +122,39 @@ def test_guard_decides_after_whole_batches_only() -> None:
     guard.image_done("i3")
     assert guard.current == len(steps) - 1
     assert [r.seconds for r in guard.runs] == [100.0] * 4
+
+
+def test_the_probe_decides_after_the_first_image_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """A first batch of 4 at the full ensemble (work 6) would take 24 s of a 20 s budget
+    by itself; the probe image takes 6 s, and 9 images at 3-work (drop hflip) then fit:
+    6 + 9 x 3 = 33 > 20, at 2-work 6 + 18 = 24 > 20, at 1-work 6 + 9 = 15 <= 20: step 3."""
+    steps = degradation_steps(EnsembleConfig(tta=("identity", "hflip")), MODELS)
+    clock = FakeClock()
+    ids = [f"i{k}" for k in range(10)]
+    guard = BudgetGuard(20.0, steps, len(ids), 4, start=0.0, clock=clock)
+    assert guard.probing
+    clock.now += 6.0
+    with caplog.at_level(logging.WARNING, logger="kernel_lib.budget"):
+        guard.image_done("i0")
+    assert not guard.probing and guard.current == 3 and [r.seconds for r in guard.runs] == [6.0]
+    # after the probe, images are recorded (and decided on) in whole batches of 4 again
+    recorded = []
+    for image_id in ids[1:]:
+        clock.now += guard.step.work
+        guard.image_done(image_id)
+        recorded.append(len(guard.runs))
+    assert recorded == [1, 1, 1, 5, 5, 5, 5, 9, 10]
+    assert [r.step for r in guard.runs] == [0] + [3] * 9
+    assert clock.now == pytest.approx(15.0)
+
+
+def test_no_probe_without_a_budget_a_single_image_or_batches_of_one() -> None:
+    steps = degradation_steps(EnsembleConfig(), MODELS)
+    assert not BudgetGuard(None, steps, 10, 4, start=0.0).probing
+    assert not BudgetGuard(5.0, steps, 1, 4, start=0.0).probing
+    assert not BudgetGuard(5.0, steps, 10, 1, start=0.0).probing
+    assert not BudgetGuard(5.0, steps, 10, 4, start=0.0, probe=False).probing
+    assert BudgetGuard(5.0, steps, 10, 4, start=0.0).probing
 
 
 def test_time_budget_in_config_json(tmp_path: Path) -> None:

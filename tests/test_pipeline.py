@@ -211,7 +211,7 @@ def test_tiny_time_budget_degrades_the_remaining_images_and_stays_valid(
         ensemble=EnsembleConfig(
             method="roi", tta=("identity", "hflip"), scales=(1.0, 1.25), detections_per_image=DETECTIONS
         ),
-        inference=InferenceConfig(device="cpu", batch_size=1, num_workers=0, time_budget_s=0.001),
+        inference=InferenceConfig(device="cpu", batch_size=2, num_workers=0, time_budget_s=0.001),
     )
     out = tmp_path / "submission.csv"
     sample = data_dir / "sample_submission.csv"
@@ -219,9 +219,10 @@ def test_tiny_time_budget_degrades_the_remaining_images_and_stays_valid(
         result = pipeline.run_inference(data_dir / "test", models, out, config, sample_csv=sample, progress=False)
 
     ids = _sample_ids(data_dir)
-    # the first image runs the whole ensemble; after it, the lightest: one model, one view, one scale
+    # the first image runs alone (the probe, though batches hold 2) with the whole ensemble;
+    # after it, the lightest: one model, one view, one scale
     assert calls == [
-        (3, ("fold0", "fold1"), ("identity", "hflip"), (1.0, 1.25)),
+        (1, ("fold0", "fold1"), ("identity", "hflip"), (1.0, 1.25)),
         (2, ("fold0",), ("identity",), (1.0,)),
     ]
     assert [r.id for r in result.runs] == ids
