@@ -40,7 +40,7 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["validate_submission", "write_submission"], "kernel_lib.submission"),
     **dict.fromkeys(["rle_decode", "rle_decode_crops", "rle_encode", "rle_encode_crops"], "kernel_lib.rle"),
     "CropMasks": "kernel_lib.masks",
-    "SoftInstances": "kernel_lib.ensemble",
+    "SoftInstances": "kernel_lib.soft",
     "overlay": "kernel_lib.visualize",
 }
 

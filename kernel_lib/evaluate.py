@@ -38,13 +38,13 @@ import pandas as pd
 
 from kernel_lib import model_folder
 from kernel_lib.config import CELL_TYPES, Config, PostprocessConfig
-from kernel_lib.ensemble import SoftInstances
 from kernel_lib.folds import read_folds
 from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_scores
 from kernel_lib.model_folder import file_digest, fold_of, folder_digest, read_meta
 from kernel_lib.outputs import atomic_output
+from kernel_lib.soft import SoftInstances
 from kernel_lib.tables import read_csv
 from kernel_lib.truth import AnnotationProblem, describe_dropped, truth_images
 

@@ -1,7 +1,7 @@
 """Fold models: loading, batched multi-view inference and RoI-level ensembling (torch).
 
 The only inference module that imports torch. Everything leaves it as numpy
-:class:`~kernel_lib.ensemble.SoftInstances` in the original frame: boxes plus RoI-sized
+:class:`~kernel_lib.soft.SoftInstances` in the original frame: boxes plus RoI-sized
 soft masks, never full-frame masks.
 
 Model folders (layout, readers, writers) are :mod:`kernel_lib.model_folder`'s.
@@ -48,7 +48,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from kernel_lib.config import CELL_TYPES, EnsembleConfig, InferenceConfig
-from kernel_lib.ensemble import DEFAULT_MASK_SIZE, SoftInstances
 from kernel_lib.images import normalize_image, read_image, to_model_input
 from kernel_lib.model_folder import (
     CONFIG_FILE,
@@ -58,6 +57,7 @@ from kernel_lib.model_folder import (
     read_manifest,
     read_meta,
 )
+from kernel_lib.soft import DEFAULT_MASK_SIZE, SoftInstances, ViewOutputs
 from kernel_lib.tta import View, make_views
 
 MASK_ROI_CHUNK = 4096
@@ -360,23 +360,6 @@ def _checked(loader: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, 
 
 # ---------------------------------------------------------------------------------
 # inference
-
-
-@dataclass
-class ViewOutputs:
-    """What the models produced for one image.
-
-    Attributes:
-        fused: the "roi"-fused instances (None for the other methods).
-        views: per (model, view) instances in the frame (empty for "roi").
-        weights: the model weight of each entry of ``views``.
-        names: "<model>/<view>" of each entry of ``views``.
-    """
-
-    fused: SoftInstances | None
-    views: list[SoftInstances]
-    weights: list[float]
-    names: list[str]
 
 
 @functools.cache

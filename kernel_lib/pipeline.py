@@ -23,15 +23,16 @@ import pandas as pd
 
 from kernel_lib.budget import BudgetGuard, DegradationStep, ImageRun, degradation_steps
 from kernel_lib.config import Config, PostprocessConfig
-from kernel_lib.ensemble import SoftInstances, fuse_views, paste
+from kernel_lib.ensemble import fuse_views
 from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.postprocess import Postprocessed, postprocess
 from kernel_lib.rle import rle_encode_crops
+from kernel_lib.soft import SoftInstances, ViewOutputs, paste
 from kernel_lib.submission import read_csv_columns, validate_submission, write_submission
 
 if TYPE_CHECKING:
-    from kernel_lib.model import FoldModel, ViewOutputs
+    from kernel_lib.model import FoldModel
 
 MAX_PENDING = 8
 """Most images whose post-processing may queue behind the models in :func:`run_inference`."""

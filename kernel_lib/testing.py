@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kernel_lib.config import CELL_TYPES, Config
-from kernel_lib.ensemble import SoftInstances
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import instance_pixels, sparse_iou
+from kernel_lib.soft import SoftInstances
 
 if TYPE_CHECKING:
     from detectron2.config import CfgNode
@@ -150,7 +150,7 @@ def simulate_instances(
 
 
 def soft_from_masks(masks: CropMasks, scores: np.ndarray, classes: np.ndarray, mask_size: int = 28) -> SoftInstances:
-    """Hard masks as :class:`~kernel_lib.ensemble.SoftInstances` (box = the crop's extent,
+    """Hard masks as :class:`~kernel_lib.soft.SoftInstances` (box = the crop's extent,
     soft mask = the crop area-resized to ``mask_size`` squared); pasting at 0.5 gives the
     masks back up to resampling at their edges."""
     import cv2

@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 
 from kernel_lib.config import CELL_TYPES, IOU_THRESHOLDS, Config, PostprocessConfig
-from kernel_lib.ensemble import paste
 from kernel_lib.masks import CropMasks
 from kernel_lib.postprocess import image_cell_type
+from kernel_lib.soft import paste
 
 Progress = Callable[[Iterable], Iterable]
 """A wrapper that shows progress over an iterable, e.g. ``tqdm.tqdm``."""

@@ -16,7 +16,6 @@ import pytest
 
 from kernel_lib.__main__ import main
 from kernel_lib.config import Config, PostprocessConfig
-from kernel_lib.ensemble import SoftInstances
 from kernel_lib.evaluate import (
     CacheEntry,
     evaluate,
@@ -30,6 +29,7 @@ from kernel_lib.images import list_images, read_image
 from kernel_lib.metric import score_submission
 from kernel_lib.outputs import atomic_output, check_output
 from kernel_lib.report import write_report
+from kernel_lib.soft import SoftInstances
 from kernel_lib.submission import validate_submission, write_submission
 
 GOOD = "id,predicted\na,1 2\nb,\n"

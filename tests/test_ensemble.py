@@ -6,17 +6,8 @@ import numpy as np
 import pytest
 
 from kernel_lib.config import EnsembleConfig
-from kernel_lib.ensemble import (
-    SoftInstances,
-    fuse_views,
-    mask_nms,
-    non_maximum_weighted,
-    paste,
-    paste_soft,
-    resample_to_boxes,
-    vote_screen,
-    weighted_mask_fusion,
-)
+from kernel_lib.ensemble import fuse_views, mask_nms, non_maximum_weighted, vote_screen, weighted_mask_fusion
+from kernel_lib.soft import SoftInstances, paste, paste_soft, resample_to_boxes
 from kernel_lib.testing import mask_iou_matrix
 
 FRAME = (20, 30)

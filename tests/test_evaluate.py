@@ -11,7 +11,6 @@ import pytest
 
 from kernel_lib.__main__ import main
 from kernel_lib.config import Config, EnsembleConfig, InferenceConfig, PostprocessConfig
-from kernel_lib.ensemble import SoftInstances
 from kernel_lib.evaluate import (
     CacheEntry,
     ModelInfo,
@@ -28,6 +27,7 @@ from kernel_lib.evaluate import (
     write_manifest,
 )
 from kernel_lib.folds import make_folds, write_folds
+from kernel_lib.soft import SoftInstances
 
 # one image per cell type: shsy5y, astro, cort
 IDS = ("5d066f4c3eef", "caa06f9a4057", "ea362f1a9844")

@@ -238,8 +238,8 @@ def test_each_view_matches_detectron2_default_predictor(mixed_dir: Path, data_di
     from detectron2.config import get_cfg
     from detectron2.engine import DefaultPredictor
 
-    from kernel_lib.ensemble import paste
     from kernel_lib.images import read_image, to_model_input
+    from kernel_lib.soft import paste
 
     models = load_models(mixed_dir, _ensemble(), CPU)[:2]
     assert models[0].channels_last

@@ -31,7 +31,7 @@ PUBLIC = {
     "rle_encode_crops": "kernel_lib.rle",
     # instances, and drawing them
     "CropMasks": "kernel_lib.masks",
-    "SoftInstances": "kernel_lib.ensemble",
+    "SoftInstances": "kernel_lib.soft",
     "overlay": "kernel_lib.visualize",
 }
 

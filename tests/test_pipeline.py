@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from kernel_lib.config import Config, EnsembleConfig, InferenceConfig, PostprocessConfig
-from kernel_lib.ensemble import SoftInstances
+from kernel_lib.soft import SoftInstances
 from kernel_lib.submission import validate_submission
 
 pytest.importorskip("detectron2")

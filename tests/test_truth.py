@@ -13,9 +13,9 @@ import pytest
 
 from kernel_lib.__main__ import main
 from kernel_lib.config import IMAGE_SHAPE, Config, PostprocessConfig
-from kernel_lib.ensemble import SoftInstances
 from kernel_lib.evaluate import read_truth, score_instances, truth_notes
 from kernel_lib.metric import score_submission
+from kernel_lib.soft import SoftInstances
 from kernel_lib.truth import truth_images
 
 H, W = 4, 6  # a tiny frame: pixel (y, x) has 1-indexed row-major start y * 6 + x + 1

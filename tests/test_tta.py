@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernel_lib.ensemble import SoftInstances, paste_soft
+from kernel_lib.soft import SoftInstances, paste_soft
 from kernel_lib.tta import View, make_views, output_shape
 
 SHAPE = (4, 6)
