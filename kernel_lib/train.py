@@ -318,6 +318,16 @@ class RandomRot90(T.Augmentation):
         return Rot90Transform(image.shape[0], image.shape[1], k)
 
 
+def photometric_augmentations(augment: AugmentSettings) -> list[T.Augmentation]:
+    """detectron2's RandomBrightness then RandomContrast, for the ranges that are not (1, 1)."""
+    augs: list[T.Augmentation] = []
+    if augment.brightness != (1.0, 1.0):
+        augs.append(T.RandomBrightness(*augment.brightness))
+    if augment.contrast != (1.0, 1.0):
+        augs.append(T.RandomContrast(*augment.contrast))
+    return augs
+
+
 def build_augmentations(cfg: CfgNode, augment: AugmentSettings) -> list[T.Augmentation]:
     """The training augmentation list: multi-scale resize from ``cfg.INPUT`` then ``augment``."""
     augs: list[T.Augmentation] = [
@@ -331,11 +341,7 @@ def build_augmentations(cfg: CfgNode, augment: AugmentSettings) -> list[T.Augmen
         augs.append(T.RandomFlip(prob=0.5, horizontal=False, vertical=True))
     if augment.rot90:
         augs.append(RandomRot90())
-    if augment.brightness != (1.0, 1.0):
-        augs.append(T.RandomBrightness(*augment.brightness))
-    if augment.contrast != (1.0, 1.0):
-        augs.append(T.RandomContrast(*augment.contrast))
-    return augs
+    return augs + photometric_augmentations(augment)
 
 
 class SartoriusMapper:
@@ -396,6 +402,7 @@ class CropFirstMapper:
         self.max_size = int(max_size)
         self.augment = augment
         self.normalization = normalization
+        self._photometric = T.AugmentationList(photometric_augmentations(augment))
         self._cache: dict[str, tuple[np.ndarray, CropMasks, np.ndarray]] = {}
 
     def _load(self, record: dict[str, Any]) -> tuple[np.ndarray, CropMasks, np.ndarray]:
@@ -430,7 +437,9 @@ class CropFirstMapper:
         image = np.asarray(Image.fromarray(grey[y0:y1, x0:x1]).resize((side, side), Image.BILINEAR))
         stack, keep = _window_masks(masks, y0, y1, x0, x1, side)
         image, stack = self._flip_and_turn(image, stack)
-        image = _brightness_contrast(image, self.augment)
+        photometric = T.AugInput(np.ascontiguousarray(image))
+        self._photometric(photometric)
+        image = photometric.image
         areas = stack.any(axis=(1, 2))
         stack, keep = stack[areas], keep[areas]
         instances = Instances((side, side))
@@ -476,17 +485,6 @@ def _window_masks(masks: CropMasks, y0: int, y1: int, x0: int, x1: int, side: in
         if r_in.size and c_in.size:
             stack[j, r_in[0] : r_in[-1] + 1, c_in[0] : c_in[-1] + 1] = crop[np.ix_(r[r_in], c[c_in])]
     return stack, keep
-
-
-def _brightness_contrast(image: np.ndarray, augment: AugmentSettings) -> np.ndarray:
-    """detectron2's RandomBrightness then RandomContrast on a uint8 grey image."""
-    out = image.astype(np.float32)
-    if augment.brightness != (1.0, 1.0):
-        out = out * np.random.uniform(*augment.brightness)
-    if augment.contrast != (1.0, 1.0):
-        w = np.random.uniform(*augment.contrast)
-        out = (1 - w) * out.mean() + w * out
-    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def build_mapper(

@@ -108,6 +108,25 @@ def test_mappers_normalise_the_whole_image_as_inference_does(data_dir: Path, tmp
         _options(tmp_path, normalization="zscore")
 
 
+def test_crop_first_mapper_uses_detectron2s_brightness_and_contrast(data_dir: Path) -> None:
+    from kernel_lib.train import CropFirstMapper
+
+    (record,) = load_dataset_dicts(data_dir, ["ea362f1a9844"]).dicts
+    plain = AugmentSettings(crop=128, hflip=False, vflip=False, rot90=False, brightness=(1, 1), contrast=(1, 1))
+    images = {}
+    for name, settings in {
+        "plain": plain,
+        "half": dataclasses.replace(plain, brightness=(0.5, 0.5)),
+        "flat": dataclasses.replace(plain, contrast=(0.0, 0.0)),
+    }.items():
+        np.random.seed(3)  # the same window: the photometric draws come after it
+        images[name] = CropFirstMapper((520,), 704, settings)(record)["image"][0].numpy()
+    base = images["plain"].astype(np.float32)
+    # RandomBrightness(0.5, 0.5): 0.5 x each pixel; RandomContrast(0, 0): every pixel the mean
+    np.testing.assert_array_equal(images["half"], (0.5 * base).astype(np.uint8))
+    np.testing.assert_array_equal(images["flat"], np.full(base.shape, base.mean(), np.float32).astype(np.uint8))
+
+
 def test_mapper_with_augmentation_keeps_boxes_on_their_masks(data_dir: Path, tmp_path: Path) -> None:
     data = load_dataset_dicts(data_dir, ["e9edcd9483e4"])
     cfg = build_config(_options(tmp_path, min_sizes=(400, 520)), "cpu")
