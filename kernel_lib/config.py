@@ -362,10 +362,26 @@ def load_config(path: str | Path | None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist; pass a JSON file written by `tune` or omit --config")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"config file {path} is not valid JSON ({err}); fix it or omit --config") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: expected a JSON object, got {type(data).__name__}")
+    data = read_json_object(path, f"config file {path}", "fix it or omit --config")
     return Config.from_dict(data, source=str(path))
+
+
+def read_json_object(path: str | Path, name: str, fix: str = "") -> dict[str, Any]:
+    """Parse a JSON file that must hold one object (configs, meta.json, models.json).
+
+    Args:
+        path: the file (it exists).
+        name: how messages name it, e.g. "config file best.json".
+        fix: what the user should do, appended to the messages ("" for nothing).
+
+    Raises:
+        ValueError: not valid JSON, or not an object; the message names the file.
+    """
+    tail = f"; {fix}" if fix else ""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} is not valid JSON ({err}){tail}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{name}: expected a JSON object, got {type(data).__name__}{tail}")
+    return data

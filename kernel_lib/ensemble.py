@@ -19,6 +19,7 @@ The soft-instance type, pasting and resampling are :mod:`kernel_lib.soft`'s.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -342,56 +343,44 @@ def non_maximum_weighted(
     )
 
 
-FusionMethod = Callable[
-    [Sequence[SoftInstances], Sequence[float] | None, Sequence[int], EnsembleConfig, float], SoftInstances
-]
-"""One instance-level ensemble method: (views, per-view weights or None, per-view model
-index, ensemble config, mask threshold) -> fused instances."""
+@dataclass(frozen=True)
+class FusionInput:
+    """What every instance-level method fuses for one image.
+
+    Attributes:
+        views: one :class:`SoftInstances` per (model, view), mapped to the frame.
+        weights: one weight per view (its model's), or None for equal weights.
+        model_of: the model index of each view ("vote" counts models, not views).
+    """
+
+    views: Sequence[SoftInstances]
+    weights: Sequence[float] | None
+    model_of: Sequence[int]
 
 
-def _fuse_wmf(
-    views: Sequence[SoftInstances],
-    weights: Sequence[float] | None,
-    model_of: Sequence[int],
-    cfg: EnsembleConfig,
-    mask_threshold: float,
-) -> SoftInstances:
+FusionMethod = Callable[[FusionInput, EnsembleConfig, float], SoftInstances]
+"""One instance-level ensemble method: (inputs, ensemble config, mask threshold) -> fused instances."""
+
+
+def _fuse_wmf(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
     return weighted_mask_fusion(
-        views, weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
+        x.views, x.weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
     )
 
 
-def _fuse_mask_nms(
-    views: Sequence[SoftInstances],
-    weights: Sequence[float] | None,
-    model_of: Sequence[int],
-    cfg: EnsembleConfig,
-    mask_threshold: float,
-) -> SoftInstances:
-    allin = SoftInstances.concatenate(views)
+def _fuse_mask_nms(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
+    allin = SoftInstances.concatenate(x.views)
     return allin.subset(mask_nms(allin, cfg.cluster_iou, mask_threshold, cfg.detections_per_image))
 
 
-def _fuse_vote(
-    views: Sequence[SoftInstances],
-    weights: Sequence[float] | None,
-    model_of: Sequence[int],
-    cfg: EnsembleConfig,
-    mask_threshold: float,
-) -> SoftInstances:
+def _fuse_vote(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
     return vote_screen(
-        views, model_of, weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
+        x.views, x.model_of, x.weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
     )
 
 
-def _fuse_nmw(
-    views: Sequence[SoftInstances],
-    weights: Sequence[float] | None,
-    model_of: Sequence[int],
-    cfg: EnsembleConfig,
-    mask_threshold: float,
-) -> SoftInstances:
-    return non_maximum_weighted(views, weights, cfg.cluster_iou, cfg.detections_per_image)
+def _fuse_nmw(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
+    return non_maximum_weighted(x.views, x.weights, cfg.cluster_iou, cfg.detections_per_image)
 
 
 FUSION_METHODS: dict[str, FusionMethod] = {
@@ -434,4 +423,5 @@ def fuse_views(
         )
     if not views:
         raise ValueError("fuse_views: expected at least one view, got none")
-    return method(views, weights, list(range(len(views))) if model_of is None else model_of, cfg, mask_threshold)
+    models = list(range(len(views))) if model_of is None else model_of
+    return method(FusionInput(views, weights, models), cfg, mask_threshold)

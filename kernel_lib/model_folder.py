@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kernel_lib.config import read_json_object
 from kernel_lib.outputs import atomic_output
 
 CONFIG_FILE = "config.yaml"
@@ -46,11 +47,8 @@ def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
         raise ValueError(f"model folder {models_dir} does not exist; pass the folder holding <name>/{CONFIG_FILE}")
     manifest = models_dir / MANIFEST_FILE
     if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{manifest} is not valid JSON ({err}); fix it or delete it") from None
-        entries = data.get("models") if isinstance(data, dict) else None
+        data = read_json_object(manifest, str(manifest), "fix it or delete it")
+        entries = data.get("models")
         if not isinstance(entries, list) or not entries:
             raise ValueError(f'{manifest}: expected {{"models": [{{"name": "fold0", "weight": 1.0}}, ...]}}')
         out = []
@@ -85,13 +83,7 @@ def read_meta(folder: Path) -> dict[str, Any]:
     path = folder / META_FILE
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"model {folder.name}: {path} is not valid JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"model {folder.name}: {path} must hold a JSON object, got {type(meta).__name__}")
-    return meta
+    return read_json_object(path, f"model {folder.name}: {path}")
 
 
 def fold_of(name: str, meta: dict[str, Any]) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -206,6 +207,44 @@ def test_bad_options_name_the_fix(tmp_path: Path) -> None:
     assert fold_split(folds, 1).train_ids == ("a",)
     with pytest.raises(ValueError, match="fold 2 is not in"):
         fold_split(folds, 2)
+
+
+# ------------------------------------------------------------------------ the command
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    from kernel_lib.commands import train as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser.parse_args(["--data", "D", "--folds", "F.csv", "--fold", "2", "--out", "M", *argv])
+
+
+def test_the_command_takes_its_defaults_from_the_dataclasses() -> None:
+    """Nothing given: exactly TrainOptions' own defaults; every field has an option."""
+    from kernel_lib.commands.train import OPTIONS, options_from
+
+    assert options_from(_parse(), 2) == TrainOptions(data_dir="D", folds_csv="F.csv", fold=2, out_dir="M")
+    fields = {f for opt in OPTIONS for f in opt.fields}
+    wanted = {f.name for f in dataclasses.fields(TrainOptions)} - {"augment"}
+    wanted |= {f"augment.{f.name}" for f in dataclasses.fields(AugmentSettings)}
+    assert fields == wanted
+
+
+def test_the_command_maps_values_and_switches_onto_the_fields() -> None:
+    from kernel_lib.commands.train import options_from
+
+    args = _parse(
+        "--iters", "7", "--no-flip", "--no-bf16", "--keep-checkpoints", "--brightness", "0.5,1.5",
+        "--min-sizes", "480,520", "--normalization", "per_image", "--set", "A.B", "1", "C", "2",
+    )  # fmt: skip
+    opts = options_from(args, 2)
+    assert (opts.iters, opts.bf16, opts.keep_checkpoints, opts.amp) == (7, False, True, True)
+    assert opts.augment == AugmentSettings(hflip=False, vflip=False, brightness=(0.5, 1.5))
+    assert opts.min_sizes == (480, 520) and opts.normalization == "per_image"
+    assert opts.overrides == ("A.B", "1", "C", "2")
+    with pytest.raises(SystemExit):
+        _parse("--normalization", "zscore")
 
 
 # ------------------------------------------------------------------------ a tiny run

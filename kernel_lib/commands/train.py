@@ -9,6 +9,10 @@ of the folds file in turn.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -37,71 +41,167 @@ def _fold(text: str) -> int | str:
     raise argparse.ArgumentTypeError(f"expected a fold number >= 0 or 'all', got {text!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="competition folder: train.csv and train/<id>.png")
-    parser.add_argument("--folds", required=True, help="folds CSV id,cell_type,fold (python -m kernel_lib folds)")
-    parser.add_argument("--fold", required=True, type=_fold, help="fold K to hold out, or 'all' (each in turn)")
-    parser.add_argument("--out", required=True, help="models folder; the fold lands in OUT/fold<K>/")
-    parser.add_argument("--name", default="", help="fold folder name (default fold<K>; one fold only)")
-    parser.add_argument("--config", default="", help="detectron2 config file or model-zoo name (default: --arch)")
-    parser.add_argument(
+@dataclass(frozen=True)
+class Option:
+    """One command-line option and the :class:`~kernel_lib.train_options.TrainOptions`
+    field(s) it sets (``augment.<name>``: an :class:`~kernel_lib.train_options.AugmentSettings`
+    field). Its default is the dataclass field's; a field without one is required.
+
+    ``switch``: "off" for a ``--no-...`` flag that sets its field(s) False when given,
+    "on" for a flag that sets them True; "" for an option with a value.
+    """
+
+    flag: str
+    fields: tuple[str, ...]
+    help: str
+    parse: Callable[[str], Any] | None = None
+    switch: str = ""
+    choices: tuple[str, ...] | None = None
+    nargs: str | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def _o(flag: str, fields: str, help: str, **kw: Any) -> Option:
+    return Option(flag, tuple(fields.split()), help, **kw)
+
+
+OPTIONS: tuple[Option, ...] = (
+    _o("--data", "data_dir", "competition folder: train.csv and train/<id>.png"),
+    _o("--folds", "folds_csv", "folds CSV id,cell_type,fold (python -m kernel_lib folds)"),
+    _o("--fold", "fold", "fold K to hold out, or 'all' (each in turn)", parse=_fold),
+    _o("--out", "out_dir", "models folder; the fold lands in OUT/fold<K>/"),
+    _o("--name", "name", "fold folder name (default fold<K>; one fold only)"),
+    _o("--config", "base_config", "detectron2 config file or model-zoo name (default: --arch)"),
+    _o(
         "--arch",
-        default="R50",
-        help="kernel_lib.d2config architecture: R50, R101, X101, cascade, or R50-narrow (6 M parameters, from scratch)",
-    )
-    parser.add_argument("--init-weights", default="", help="local .pth/.pkl to start from (default: from scratch)")
-    parser.add_argument("--iters", type=int, default=3000, help="training iterations (default 3000)")
-    parser.add_argument("--batch", type=int, default=2, help="images per iteration over all GPUs (default 2)")
-    parser.add_argument("--lr", type=float, default=0.0, help="base learning rate (default 0.02 * batch / 16)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
-    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs (processes, detectron2 launch; default 1)")
-    parser.add_argument("--no-amp", action="store_true", help="full precision on CUDA (default: mixed precision)")
-    parser.add_argument(
+        "arch",
+        "kernel_lib.d2config architecture: R50, R101, X101, cascade, or R50-narrow (6 M parameters, from scratch)",
+    ),
+    _o("--init-weights", "init_weights", "local .pth/.pkl to start from (default: from scratch)"),
+    _o("--iters", "iters", "training iterations", parse=int),
+    _o("--batch", "batch", "images per iteration over all GPUs", parse=int),
+    _o("--lr", "lr", "base learning rate (0: 0.02 * batch / 16)", parse=float),
+    _o("--device", "device", "auto: cuda if available", choices=("auto", "cpu", "cuda")),
+    _o("--num-gpus", "num_gpus", "GPUs (processes, detectron2 launch)", parse=int),
+    _o("--no-amp", "amp", "full precision on CUDA (default: mixed precision)", switch="off"),
+    _o(
         "--no-bf16",
-        action="store_true",
-        help="float32 on the CPU (default: bfloat16 autocast where the CPU has AMX or AVX512-BF16)",
-    )
-    parser.add_argument(
-        "--min-sizes", type=_sizes, default=(), help="short-edge sizes for scale jitter, e.g. 640,704,800"
-    )
-    parser.add_argument("--max-size", type=int, default=0, help="longest edge after resize (default: base config's)")
-    parser.add_argument("--test-size", type=int, default=0, help="INPUT.MIN_SIZE_TEST written to config.yaml")
-    parser.add_argument("--crop", type=int, default=0, help="random square crop side after resize (default 0: none)")
-    parser.add_argument("--no-flip", action="store_true", help="no horizontal/vertical flips")
-    parser.add_argument("--no-rot90", action="store_true", help="no 90-degree rotations")
-    parser.add_argument("--brightness", type=_pair, default=(0.8, 1.2), help="brightness factor range MIN,MAX")
-    parser.add_argument("--contrast", type=_pair, default=(0.8, 1.2), help="contrast factor range MIN,MAX")
-    parser.add_argument(
+        "bf16",
+        "float32 on the CPU (default: bfloat16 autocast where the CPU has AMX or AVX512-BF16)",
+        switch="off",
+    ),
+    _o(
+        "--min-sizes",
+        "min_sizes",
+        "short-edge sizes for scale jitter, e.g. 640,704,800 (default: the base config's)",
+        parse=_sizes,
+    ),
+    _o("--max-size", "max_size", "longest edge after resize (0: the base config's)", parse=int),
+    _o("--test-size", "test_size", "INPUT.MIN_SIZE_TEST written to config.yaml (0: the base config's)", parse=int),
+    _o("--crop", "augment.crop", "random square crop side after resize (0: none)", parse=int),
+    _o("--no-flip", "augment.hflip augment.vflip", "no horizontal/vertical flips", switch="off"),
+    _o("--no-rot90", "augment.rot90", "no 90-degree rotations", switch="off"),
+    _o("--brightness", "augment.brightness", "brightness factor range MIN,MAX", parse=_pair),
+    _o("--contrast", "augment.contrast", "contrast factor range MIN,MAX", parse=_pair),
+    _o(
         "--normalization",
+        "normalization",
+        "input normalisation: per_image brings each image to one mean and "
+        "spread (recorded in meta.json, applied by inference)",
         choices=("none", "per_image"),
-        default="none",
-        help="input normalisation: per_image brings each image to one mean and spread (recorded in meta.json, "
-        "applied by inference; default none)",
-    )
-    parser.add_argument("--eval-period", type=int, default=0, help="also score held-out images every N iterations")
-    parser.add_argument("--eval-config", default="", help="pipeline config JSON for held-out scoring (tune's)")
-    parser.add_argument("--no-heldout", action="store_true", help="skip scoring the held-out images at the end")
+    ),
+    _o("--eval-period", "eval_period", "also score held-out images every N iterations (0: at the end only)", parse=int),
+    _o("--eval-config", "eval_config", "pipeline config JSON for held-out scoring (tune's)"),
+    _o("--no-heldout", "heldout", "skip scoring the held-out images at the end", switch="off"),
+    _o("--checkpoint-period", "checkpoint_period", "iterations between checkpoints", parse=int),
+    _o("--keep-checkpoints", "keep_checkpoints", "keep periodic checkpoints after the run", switch="on"),
+    _o("--resume", "resume", "continue from the fold folder's last checkpoint", switch="on"),
+    _o("--workers", "workers", "data-loader processes per GPU", parse=int),
+    _o("--seed", "seed", "random seed", parse=int),
+    _o("--max-images", "max_images", "train on at most N images (0: all; smoke tests)", parse=int),
+    _o(
+        "--set",
+        "overrides",
+        "detectron2 config overrides, applied last, e.g. --set MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 128",
+        nargs="+",
+        metavar="KEY VALUE",
+    ),
+)
+"""Every option of the command, in --help order; ``--score-only`` is the command's own."""
+
+
+def _defaults() -> dict[str, Any]:
+    """Field -> default of TrainOptions and (as ``augment.<name>``) AugmentSettings;
+    fields without a default are left out."""
+    from kernel_lib.train_options import AugmentSettings, TrainOptions
+
+    out: dict[str, Any] = {}
+    for prefix, cls in (("", TrainOptions), ("augment.", AugmentSettings)):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                out[prefix + f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[prefix + f.name] = f.default_factory()
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = _defaults()
+    for opt in OPTIONS:
+        field = opt.fields[0]
+        if opt.switch:
+            parser.add_argument(opt.flag, action="store_true", help=opt.help)
+            continue
+        kw: dict[str, Any] = {"help": opt.help}
+        if field not in defaults:
+            kw["required"] = True
+        else:
+            default = defaults[field]
+            kw["default"] = list(default) if opt.nargs else default
+            if default not in ("", (), None, 0):  # 0 and 0.0 mean "the base config's" or "none"
+                shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
+                kw["help"] = f"{opt.help} (default {shown})"
+        for key in ("choices", "nargs", "metavar"):
+            if getattr(opt, key) is not None:
+                kw[key] = getattr(opt, key)
+        if opt.parse is not None:
+            kw["type"] = opt.parse
+        parser.add_argument(opt.flag, **kw)
     parser.add_argument(
         "--score-only", action="store_true", help="no training: score an existing fold folder again, update meta.json"
     )
-    parser.add_argument("--checkpoint-period", type=int, default=1000, help="iterations between checkpoints")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep periodic checkpoints after the run")
-    parser.add_argument("--resume", action="store_true", help="continue from the fold folder's last checkpoint")
-    parser.add_argument("--workers", type=int, default=2, help="data-loader processes per GPU (default 2)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--max-images", type=int, default=0, help="train on at most N images (smoke tests)")
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY VALUE",
-        help="detectron2 config overrides, applied last, e.g. --set MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 128",
-    )
+
+
+def options_from(args: argparse.Namespace, fold: int) -> Any:
+    """The :class:`~kernel_lib.train_options.TrainOptions` of parsed ``args`` for one fold."""
+    from kernel_lib.train_options import AugmentSettings, TrainOptions
+
+    values: dict[str, Any] = {}
+    augment: dict[str, Any] = {}
+    for opt in OPTIONS:
+        value = getattr(args, opt.dest)
+        if opt.switch:
+            if not value:
+                continue  # not given: the field keeps its default
+            value = opt.switch == "on"
+        elif opt.nargs:
+            value = tuple(value)
+        for field in opt.fields:
+            if field.startswith("augment."):
+                augment[field.removeprefix("augment.")] = value
+            else:
+                values[field] = value
+    values["fold"] = fold
+    return TrainOptions(**values, augment=AugmentSettings(**augment))
 
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.folds import read_folds
-    from kernel_lib.train import AugmentSettings, TrainOptions, rescore_fold, train_fold
+    from kernel_lib.train import rescore_fold, train_fold
 
     if args.fold == "all":
         folds = sorted(set(read_folds(args.folds)["fold"].tolist()))
@@ -109,47 +209,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--name names one fold's folder; with --fold all the folders are fold<K>")
     else:
         folds = [args.fold]
-    augment = AugmentSettings(
-        crop=args.crop,
-        hflip=not args.no_flip,
-        vflip=not args.no_flip,
-        rot90=not args.no_rot90,
-        brightness=args.brightness,
-        contrast=args.contrast,
-    )
     for fold in folds:
-        opts = TrainOptions(
-            data_dir=args.data,
-            folds_csv=args.folds,
-            fold=fold,
-            out_dir=args.out,
-            name=args.name,
-            base_config=args.config,
-            arch=args.arch,
-            init_weights=args.init_weights,
-            iters=args.iters,
-            batch=args.batch,
-            lr=args.lr,
-            device=args.device,
-            num_gpus=args.num_gpus,
-            amp=not args.no_amp,
-            bf16=False if args.no_bf16 else None,
-            min_sizes=args.min_sizes,
-            max_size=args.max_size,
-            test_size=args.test_size,
-            augment=augment,
-            normalization=args.normalization,
-            eval_period=args.eval_period,
-            eval_config=args.eval_config,
-            heldout=not args.no_heldout,
-            checkpoint_period=args.checkpoint_period,
-            keep_checkpoints=args.keep_checkpoints,
-            resume=args.resume,
-            workers=args.workers,
-            seed=args.seed,
-            max_images=args.max_images,
-            overrides=tuple(args.set),
-        )
+        opts = options_from(args, fold)
         result = rescore_fold(opts) if args.score_only else train_fold(opts)
         meta = result.meta
         score = meta.get("heldout_score")
