@@ -148,14 +148,31 @@ def _mask_clusters(
     return members
 
 
-def weighted_mask_fusion(
-    views: Sequence[SoftInstances],
-    weights: Sequence[float] | None,
-    iou_threshold: float,
-    min_votes: float,
-    mask_threshold: float,
-    max_instances: int,
-) -> SoftInstances:
+@dataclass(frozen=True)
+class FusionInput:
+    """What every instance-level method fuses for one image.
+
+    Attributes:
+        views: one :class:`SoftInstances` per (model, view), mapped to the frame.
+        weights: one weight per view (its model's), or None for equal weights.
+        model_of: the model index of each view ("vote" counts models, not views); None:
+            each view is its own model.
+    """
+
+    views: Sequence[SoftInstances]
+    weights: Sequence[float] | None = None
+    model_of: Sequence[int] | None = None
+
+    def models(self) -> np.ndarray:
+        """(n_views,) int64 model index of each view."""
+        if self.model_of is None:
+            return np.arange(len(self.views), dtype=np.int64)
+        if len(self.model_of) != len(self.views):
+            raise ValueError(f"fusion: expected one model index per view ({len(self.views)}), got {len(self.model_of)}")
+        return np.asarray(self.model_of, dtype=np.int64)
+
+
+def weighted_mask_fusion(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
     """Weighted mask fusion of instances from several views (models x TTA views).
 
     In descending score order each instance joins the cluster whose representative
@@ -174,18 +191,18 @@ def weighted_mask_fusion(
     Clusters with agreement below ``min_votes`` are dropped.
 
     Args:
-        views: one :class:`SoftInstances` per view, all of the same frame and mask size.
-        weights: one weight per view (e.g. the model's weight from models.json), or None
-            for equal weights.
-        iou_threshold: mask IoU in (0, 1] to join a cluster.
-        min_votes: minimum agreement in [0, 1].
+        x: the views (all of the same frame and mask size) and their weights (e.g. the
+            models' weights from models.json; None: equal); ``model_of`` is not used.
+        cfg: ``cluster_iou`` (mask IoU in (0, 1] to join a cluster), ``min_votes``
+            (minimum agreement in [0, 1]), ``detections_per_image`` (the most fused
+            instances kept, highest scores first).
         mask_threshold: probability threshold for the hard masks compared.
-        max_instances: keep at most this many fused instances (highest scores).
 
     Returns:
         The fused instances, by descending score.
     """
-    w, allin = _fusion_inputs(views, weights, iou_threshold, "weighted_mask_fusion")
+    views, iou_threshold = x.views, cfg.cluster_iou
+    w, allin = _fusion_inputs(views, x.weights, iou_threshold, "weighted_mask_fusion")
     if len(allin) == 0:
         return SoftInstances.empty(allin.shape, allin.mask_size)
     view_of = np.concatenate([np.full(len(v), k) for k, v in enumerate(views)])
@@ -196,7 +213,7 @@ def weighted_mask_fusion(
         idx = np.asarray(group)
         vw = w[view_of[idx]]
         agreement = vw.sum() / total
-        if agreement + 1e-9 < min_votes:
+        if agreement + 1e-9 < cfg.min_votes:
             continue
         sw = vw * allin.scores[idx]
         box = np.concatenate([allin.boxes[idx, :2].min(0), allin.boxes[idx, 2:].max(0)])
@@ -211,19 +228,11 @@ def weighted_mask_fusion(
     if not boxes:
         return SoftInstances.empty(allin.shape, allin.mask_size)
     out = SoftInstances(np.stack(boxes), np.asarray(scores), np.asarray(classes), np.stack(masks), allin.shape)
-    keep = np.argsort(-out.scores, kind="stable")[:max_instances]
+    keep = np.argsort(-out.scores, kind="stable")[: cfg.detections_per_image]
     return out.subset(keep)
 
 
-def vote_screen(
-    views: Sequence[SoftInstances],
-    model_of: Sequence[int],
-    weights: Sequence[float] | None,
-    iou_threshold: float,
-    min_votes: float,
-    mask_threshold: float,
-    max_instances: int,
-) -> SoftInstances:
+def vote_screen(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
     """Keep an instance only when enough models agree on it (IoU screening).
 
     Instances of all views are clustered as in :func:`weighted_mask_fusion` (mask IoU
@@ -234,33 +243,31 @@ def vote_screen(
     cell needs 2 of the 3.
 
     Args:
-        views: one :class:`SoftInstances` per (model, view).
-        model_of: the model index of each view.
-        weights: one weight per view (its model's), or None for equal weights.
-        iou_threshold: mask IoU in (0, 1] to join a cluster.
-        min_votes: the fraction of model weight in [0, 1] a cluster needs.
+        x: the views, their weights (their models'; None: equal) and the model of each
+            view.
+        cfg: ``cluster_iou`` (mask IoU in (0, 1] to join a cluster), ``min_votes`` (the
+            fraction of model weight in [0, 1] a cluster needs), ``detections_per_image``
+            (the most kept, highest scores first).
         mask_threshold: probability threshold of the hard masks compared.
-        max_instances: keep at most this many (highest scores).
 
     Returns:
         The kept instances, by descending score.
     """
-    if len(model_of) != len(views):
-        raise ValueError(f"vote_screen: expected one model index per view ({len(views)}), got {len(model_of)}")
-    w, allin = _fusion_inputs(views, weights, iou_threshold, "vote_screen")
+    views, iou_threshold = x.views, cfg.cluster_iou
+    model_of = x.models()
+    w, allin = _fusion_inputs(views, x.weights, iou_threshold, "vote_screen")
     if len(allin) == 0:
         return SoftInstances.empty(allin.shape, allin.mask_size)
-    model_of = np.asarray(model_of, dtype=np.int64)
     view_of = np.concatenate([np.full(len(v), k) for k, v in enumerate(views)])
     model_weight = {int(m): float(w[k]) for k, m in enumerate(model_of)}
     total = sum(model_weight.values())
     kept = []
     for group in _mask_clusters(allin, view_of, iou_threshold, mask_threshold):
         models = {int(model_of[view_of[i]]) for i in group}
-        if sum(model_weight[m] for m in models) / total + 1e-9 >= min_votes:
+        if sum(model_weight[m] for m in models) / total + 1e-9 >= cfg.min_votes:
             kept.append(group[0])
     out = allin.subset(np.asarray(kept, dtype=np.int64))
-    return out.subset(np.argsort(-out.scores, kind="stable")[:max_instances])
+    return out.subset(np.argsort(-out.scores, kind="stable")[: cfg.detections_per_image])
 
 
 def _fusion_inputs(
@@ -343,29 +350,8 @@ def non_maximum_weighted(
     )
 
 
-@dataclass(frozen=True)
-class FusionInput:
-    """What every instance-level method fuses for one image.
-
-    Attributes:
-        views: one :class:`SoftInstances` per (model, view), mapped to the frame.
-        weights: one weight per view (its model's), or None for equal weights.
-        model_of: the model index of each view ("vote" counts models, not views).
-    """
-
-    views: Sequence[SoftInstances]
-    weights: Sequence[float] | None
-    model_of: Sequence[int]
-
-
 FusionMethod = Callable[[FusionInput, EnsembleConfig, float], SoftInstances]
 """One instance-level ensemble method: (inputs, ensemble config, mask threshold) -> fused instances."""
-
-
-def _fuse_wmf(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
-    return weighted_mask_fusion(
-        x.views, x.weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
-    )
 
 
 def _fuse_mask_nms(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
@@ -373,20 +359,14 @@ def _fuse_mask_nms(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -
     return allin.subset(mask_nms(allin, cfg.cluster_iou, mask_threshold, cfg.detections_per_image))
 
 
-def _fuse_vote(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
-    return vote_screen(
-        x.views, x.model_of, x.weights, cfg.cluster_iou, cfg.min_votes, mask_threshold, cfg.detections_per_image
-    )
-
-
 def _fuse_nmw(x: FusionInput, cfg: EnsembleConfig, mask_threshold: float) -> SoftInstances:
     return non_maximum_weighted(x.views, x.weights, cfg.cluster_iou, cfg.detections_per_image)
 
 
 FUSION_METHODS: dict[str, FusionMethod] = {
-    "wmf": _fuse_wmf,
+    "wmf": weighted_mask_fusion,
     "mask_nms": _fuse_mask_nms,
-    "vote": _fuse_vote,
+    "vote": vote_screen,
     "nmw": _fuse_nmw,
 }
 """The instance-level methods of ``EnsembleConfig.method`` ("roi" fuses in ``kernel_lib.model``)."""
@@ -423,5 +403,4 @@ def fuse_views(
         )
     if not views:
         raise ValueError("fuse_views: expected at least one view, got none")
-    models = list(range(len(views))) if model_of is None else model_of
-    return method(FusionInput(views, weights, models), cfg, mask_threshold)
+    return method(FusionInput(views, weights, model_of), cfg, mask_threshold)

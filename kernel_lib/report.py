@@ -150,19 +150,10 @@ def _image_path(folder: Path, image_id: str) -> Path | None:
     return None
 
 
-def write_report(
-    path: str | Path,
-    evaluation: Evaluation,
-    predictions: Mapping[str, CropMasks],
-    truth: Mapping[str, Truth],
-    images_dir: str | Path | None,
-    worst: int = 6,
-    title: str = "Out-of-fold evaluation",
-) -> Path:
-    """Write :func:`render_html` to ``path`` (folders created; the file is replaced
-    only when complete); returns the path."""
+def write_report(path: str | Path, text: str) -> Path:
+    """Write a report (:func:`render_html`'s text) to ``path``: folders created, the file
+    replaced only when complete; returns the path."""
     path = Path(path)
-    text = render_html(evaluation, predictions, truth, images_dir, worst, title)
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

@@ -123,9 +123,8 @@ def test_folds_config_report_and_manifest_are_replaced_only_when_complete(
         Config(postprocess=PostprocessConfig(mask_threshold=0.4)).to_json(config_json)
     with pytest.raises(ValueError, match=r"manifest\.json"):
         write_manifest(tmp_path / "cache", [], Config())
-    monkeypatch.setattr("kernel_lib.report.render_html", lambda *a, **k: "<html>new</html>")
     with pytest.raises(ValueError, match=r"report\.html"):
-        write_report(report, None, {}, {}, None)  # type: ignore[arg-type]
+        write_report(report, "<html>new</html>")
     monkeypatch.undo()
     assert len(writes) == 3 and all(w.name.startswith(".") for w in writes)  # each went to a temporary file
     assert {p: p.read_bytes() for p in before} == before

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from kernel_lib.config import EnsembleConfig
-from kernel_lib.ensemble import fuse_views, mask_nms, non_maximum_weighted, vote_screen, weighted_mask_fusion
+from kernel_lib.ensemble import (
+    FusionInput,
+    fuse_views,
+    mask_nms,
+    non_maximum_weighted,
+    vote_screen,
+    weighted_mask_fusion,
+)
 from kernel_lib.soft import SoftInstances, paste, paste_soft, resample_to_boxes
 from kernel_lib.testing import mask_iou_matrix
 
@@ -125,13 +132,17 @@ def test_mask_nms_agreeing_disagreeing_and_empty() -> None:
 # ------------------------------------------------------------------ weighted mask fusion
 
 
+def _ens(cluster_iou: float, min_votes: float, most: int) -> EnsembleConfig:
+    return EnsembleConfig(cluster_iou=cluster_iou, min_votes=min_votes, detections_per_image=most)
+
+
 def test_wmf_two_views_agreeing() -> None:
     rng = np.random.default_rng(3)
     m1 = rng.uniform(0.6, 1.0, size=(1, 6, 6)).astype(np.float32)
     m2 = rng.uniform(0.6, 1.0, size=(1, 6, 6)).astype(np.float32)
     a = _inst([2, 2, 10, 10], [0.8], m1, classes=np.array([1]))
     b = _inst([2, 2, 10, 10], [0.6], m2, classes=np.array([2]))
-    fused = weighted_mask_fusion([a, b], None, 0.5, 0.5, 0.5, 100)
+    fused = weighted_mask_fusion(FusionInput([a, b], None), _ens(0.5, 0.5, 100), 0.5)
     assert len(fused) == 1
     # score: (0.8 + 0.6) / 2 views; agreement 2 / 2 = 1
     np.testing.assert_allclose(fused.scores, [(0.8 + 0.6) / 2])
@@ -139,7 +150,7 @@ def test_wmf_two_views_agreeing() -> None:
     np.testing.assert_array_equal(fused.boxes, [[2, 2, 10, 10]])
     assert fused.classes.tolist() == [1]  # class 1 carries the larger score
     # weights 1 and 3 for the two views: score (1 * 0.8 + 3 * 0.6) / 4, class 2 now wins
-    weighted = weighted_mask_fusion([a, b], [1.0, 3.0], 0.5, 0.5, 0.5, 100)
+    weighted = weighted_mask_fusion(FusionInput([a, b], [1.0, 3.0]), _ens(0.5, 0.5, 100), 0.5)
     np.testing.assert_allclose(weighted.scores, [(1 * 0.8 + 3 * 0.6) / 4])
     assert weighted.classes.tolist() == [2]
 
@@ -148,18 +159,18 @@ def test_wmf_two_views_disagreeing() -> None:
     a = _inst([0, 0, 8, 8], [0.8], _ones(1))
     b = _inst([20, 10, 28, 18], [0.6], _ones(1))
     # each instance is seen by one view of two: agreement 1 / 2, score x 0.5
-    kept = weighted_mask_fusion([a, b], None, 0.5, 0.5, 0.5, 100)
+    kept = weighted_mask_fusion(FusionInput([a, b], None), _ens(0.5, 0.5, 100), 0.5)
     np.testing.assert_allclose(kept.scores, [0.8 * 0.5, 0.6 * 0.5])
     np.testing.assert_array_equal(kept.boxes, [[0, 0, 8, 8], [20, 10, 28, 18]])
     # needing 3 of 4 views (0.75) drops both
-    assert len(weighted_mask_fusion([a, b], None, 0.5, 0.75, 0.5, 100)) == 0
+    assert len(weighted_mask_fusion(FusionInput([a, b], None), _ens(0.5, 0.75, 100), 0.5)) == 0
 
 
 def test_wmf_one_instance_per_view_per_cluster_and_union_box() -> None:
     # view 0 has two overlapping instances: they must not fuse with each other
     v0 = _inst([[0, 0, 8, 8], [1, 0, 9, 8]], [0.9, 0.8], _ones(2, 28))
     v1 = _inst([[0, 0, 9, 8]], [0.7], _ones(1, 28))
-    fused = weighted_mask_fusion([v0, v1], None, 0.5, 0.0, 0.5, 100)
+    fused = weighted_mask_fusion(FusionInput([v0, v1], None), _ens(0.5, 0.0, 100), 0.5)
     assert len(fused) == 2
     # the first cluster (0.9 with view 1's 0.7) covers the union box of its members
     np.testing.assert_array_equal(fused.boxes[0], [0, 0, 9, 8])
@@ -168,11 +179,11 @@ def test_wmf_one_instance_per_view_per_cluster_and_union_box() -> None:
 
 def test_wmf_empty_views_and_errors() -> None:
     empty = SoftInstances.empty(FRAME, 4)
-    assert len(weighted_mask_fusion([empty, empty], None, 0.5, 0.5, 0.5, 10)) == 0
+    assert len(weighted_mask_fusion(FusionInput([empty, empty], None), _ens(0.5, 0.5, 10), 0.5)) == 0
     with pytest.raises(ValueError, match="positive weights"):
-        weighted_mask_fusion([empty, empty], [1.0], 0.5, 0.5, 0.5, 10)
+        weighted_mask_fusion(FusionInput([empty, empty], [1.0]), _ens(0.5, 0.5, 10), 0.5)
     with pytest.raises(ValueError, match="at least one view"):
-        weighted_mask_fusion([], None, 0.5, 0.5, 0.5, 10)
+        weighted_mask_fusion(FusionInput([], None), _ens(0.5, 0.5, 10), 0.5)
 
 
 def test_fuse_views_dispatch() -> None:
@@ -198,21 +209,21 @@ def test_vote_screen_counts_models_not_views() -> None:
     m1_v0 = _inst([a_box], [0.6], _ones(1))
     views, model_of = [m0_v0, m0_v1, m1_v0], [0, 0, 1]
     # 2 of 2 models needed: only A survives, as its best member (score 0.9, model 0 view 0)
-    both = vote_screen(views, model_of, None, 0.5, 1.0, 0.5, 100)
+    both = vote_screen(FusionInput(views, None, model_of), _ens(0.5, 1.0, 100), 0.5)
     np.testing.assert_allclose(both.scores, [0.9])
     np.testing.assert_allclose(both.boxes, [a_box])
     # 1 of 2 models: B (0.8) survives too; its other view (0.7) is in its cluster, not kept
-    one = vote_screen(views, model_of, None, 0.5, 0.5, 0.5, 100)
+    one = vote_screen(FusionInput(views, None, model_of), _ens(0.5, 0.5, 100), 0.5)
     np.testing.assert_allclose(one.scores, [0.9, 0.8])
     # counted by views (each view its own model) B has 2 of 3 = 0.67 >= 0.6 and survives
     by_view = fuse_views(views, None, EnsembleConfig(method="vote", min_votes=0.6), 0.5)
     np.testing.assert_allclose(by_view.scores, [0.9, 0.8])
     # model weights: model 1 weighs 3, model 0 weighs 1: B holds 1 / 4 < 0.5 of the weight
-    weighted = vote_screen(views, model_of, [1.0, 1.0, 3.0], 0.5, 0.5, 0.5, 100)
+    weighted = vote_screen(FusionInput(views, [1.0, 1.0, 3.0], model_of), _ens(0.5, 0.5, 100), 0.5)
     np.testing.assert_allclose(weighted.scores, [0.9])
-    assert len(vote_screen([SoftInstances.empty(FRAME)], [0], None, 0.5, 0.5, 0.5, 10)) == 0
+    assert len(vote_screen(FusionInput([SoftInstances.empty(FRAME)], None, [0]), _ens(0.5, 0.5, 10), 0.5)) == 0
     with pytest.raises(ValueError, match="one model index per view"):
-        vote_screen(views, [0, 1], None, 0.5, 0.5, 0.5, 100)
+        vote_screen(FusionInput(views, None, [0, 1]), _ens(0.5, 0.5, 100), 0.5)
 
 
 def test_nmw_by_hand() -> None:

@@ -34,7 +34,8 @@ def _pictures(text: str) -> list[np.ndarray]:
 def test_report_contents(cache: Path, data_dir: Path, tmp_path: Path) -> None:
     evaluation, predictions = evaluate_cache(data_dir / "train.csv", cache, progress=False)
     truth = read_truth(data_dir / "train.csv", ids=predictions)
-    path = write_report(tmp_path / "sub" / "r.html", evaluation, predictions, truth, data_dir / "train", worst=3)
+    text = render_html(evaluation, predictions, truth, data_dir / "train", worst=3)
+    path = write_report(tmp_path / "sub" / "r.html", text)
     text = path.read_text()
     report = evaluation.report
     assert f"score {report.score:.4f}" in text

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from kernel_lib.evaluate import MANIFEST, evaluate_cache, read_truth
     from kernel_lib.images import IMAGE_SUFFIXES
     from kernel_lib.outputs import check_output, note_output
-    from kernel_lib.report import write_report
+    from kernel_lib.report import render_html, write_report
 
     config = load_config(args.config) if args.config else None
     inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": Path(args.cache) / MANIFEST}
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     note_output(check_output(args.out, inputs))
     evaluation, predictions = evaluate_cache(args.truth, args.cache, config)
     truth = read_truth(args.truth, ids=predictions)
-    path = write_report(args.out, evaluation, predictions, truth, args.images, args.worst, args.title)
+    text = render_html(evaluation, predictions, truth, args.images, args.worst, args.title)
+    path = write_report(args.out, text)
     print(f"wrote {path}: score {evaluation.report.score:.4f} over {evaluation.report.n_images} image(s)")
     return 0
