@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import nbformat
@@ -35,9 +36,9 @@ def code_cells() -> list[str]:
 
 def test_committed_notebook_is_generated_clean_and_thin() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_notebook.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), "--check"], capture_output=True, text=True
     )
-    assert result.returncode == 0, result.stderr  # matches scripts/make_notebook.py
+    assert result.returncode == 0, result.stderr  # matches notebooks/sartorius-inference.py
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(notebook)
     for cell in notebook.cells:
@@ -51,6 +52,45 @@ def test_committed_notebook_is_generated_clean_and_thin() -> None:
     text = "\n".join(cells)
     assert text.count("run_inference(") == 1  # the one library call
     assert not re.search(r"^\s*(def|class) ", text, re.MULTILINE)  # no logic of its own
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generator_writes_stable_notebooks_and_check_names_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generator = _generator()
+    sources = tuple(tmp_path / source.name for source in generator.SOURCES)
+    for original, copy in zip(generator.SOURCES, sources):
+        shutil.copy(original, copy)
+    monkeypatch.setattr(generator, "ROOT", tmp_path)
+    monkeypatch.setattr(generator, "SOURCES", sources)
+    assert generator.main(["--check"]) == 1  # nothing written yet
+    assert "run python scripts/make_notebooks.py" in capsys.readouterr().err
+    assert generator.main([]) == 0
+    for original, copy in zip(generator.SOURCES, sources):  # the committed notebooks, byte for byte
+        assert copy.with_suffix(".ipynb").read_text() == original.with_suffix(".ipynb").read_text()
+    notebook = json.loads(sources[0].with_suffix(".ipynb").read_text())
+    assert [cell["id"] for cell in notebook["cells"]] == [f"cell-{n}" for n in range(len(notebook["cells"]))]
+    assert notebook["metadata"] == generator.METADATA  # no jupytext metadata
+    assert generator.main(["--check"]) == 0
+
+    sources[1].write_text(sources[1].read_text().replace("N_FOLDS = 5", "N_FOLDS = 4"))
+    capsys.readouterr()
+    assert generator.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{sources[1].with_suffix('.ipynb')} is out of date" in err and "run python scripts/make_notebooks.py" in err
+    assert "sartorius-inference" not in err  # only the stale one is named
+
+    sources[1].write_text(sources[1].read_text().replace("import zipfile\n", "import zipfile  # unpack\n", 1))
+    assert generator.main([]) == 1  # the two install cells differ: nothing written
+    assert "install cells" in capsys.readouterr().err
 
 
 LAYOUTS = {

@@ -374,7 +374,7 @@ def test_training_notebook_is_generated_clean_and_thin() -> None:
 
     import nbformat
 
-    script = NOTEBOOK.parents[1] / "scripts" / "make_train_notebook.py"
+    script = NOTEBOOK.parents[1] / "scripts" / "make_notebooks.py"  # notebooks/sartorius-train.py
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     notebook = nbformat.read(NOTEBOOK, as_version=4)

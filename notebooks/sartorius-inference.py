@@ -1,40 +1,17 @@
-"""Write notebooks/sartorius-inference.ipynb, the thin Kaggle inference notebook.
+# %% [markdown]
+# # Sartorius cell instance segmentation: offline inference
+#
+# Runs K detectron2 Mask R-CNN fold models (with test-time augmentation and mask-level
+# ensembling, per-cell-type post-processing) on the test images and writes
+# `submission.csv`. Internet is off: everything is installed from the bundle dataset built
+# by `build_dataset.py`. All logic lives in `kernel_lib`; this notebook only sets paths,
+# makes one call and shows what came out.
+#
+# Inputs (see `kernel-metadata.json`): the competition data, the bundle dataset (`wheels/`)
+# and your model-weights dataset (one folder per fold model: `config.yaml` +
+# `model_final.pth`, optional `models.json` with weights).
 
-The notebook is generated so that it stays clean (no outputs, no execution counts) and
-reviewable here as Python. Run ``python scripts/make_notebook.py`` after editing the
-cells below; tests/test_notebook.py checks that the committed notebook matches.
-
-Cells: 1 installs the bundle's wheels offline (skipping what is importable, never changing
-what the image has), 2 finds the inputs under any of Kaggle's layouts and sets the
-parameters, 3 makes ONE library call (``kernel_lib.pipeline.run_inference``), then the
-submission is validated, the per-stage timings tabulated and a few predictions drawn.
-"""
-
-from __future__ import annotations
-
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-import nbformat
-
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
-
-INTRO = """\
-# Sartorius cell instance segmentation: offline inference
-
-Runs K detectron2 Mask R-CNN fold models (with test-time augmentation and mask-level
-ensembling, per-cell-type post-processing) on the test images and writes
-`submission.csv`. Internet is off: everything is installed from the bundle dataset built
-by `build_dataset.py`. All logic lives in `kernel_lib`; this notebook only sets paths,
-makes one call and shows what came out.
-
-Inputs (see `kernel-metadata.json`): the competition data, the bundle dataset (`wheels/`)
-and your model-weights dataset (one folder per fold model: `config.yaml` +
-`model_final.pth`, optional `models.json` with weights)."""
-
-INSTALL = """\
+# %%
 # 1. Install detectron2 and kernel_lib from the bundle dataset's wheels (offline), skipping what
 #    is already importable and never changing a package the image already has.
 import importlib.metadata
@@ -77,7 +54,7 @@ if missing:
     }
     kept = sorted(f"{name}=={installed[name]}" for name in bundled & installed.keys())
     constraints = Path(tempfile.mkdtemp(prefix="bundle-")) / "constraints.txt"
-    constraints.write_text("".join(f"{line}\\n" for line in kept))
+    constraints.write_text("".join(f"{line}\n" for line in kept))
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels)]
     pip += ["--constraint", str(constraints)]
     if "detectron2" in missing:  # its dependencies that Kaggle's image lacks come from the same folder
@@ -87,9 +64,9 @@ if missing:
     importlib.invalidate_caches()
     print(f"installed {', '.join(missing)} from {wheels}; kept as the image has them: {', '.join(kept) or 'none'}")
 else:
-    print("detectron2 and kernel_lib are already importable: nothing to install")"""
+    print("detectron2 and kernel_lib are already importable: nothing to install")
 
-PARAMETERS = """\
+# %%
 # 2. Parameters: edit the dataset folder names to match yours.
 import dataclasses
 import os
@@ -125,17 +102,17 @@ CONFIG_JSON = os.environ.get("KERNEL_LIB_CONFIG") or (TUNED if TUNED.is_file() e
 config = load_config(CONFIG_JSON)
 if config.inference.time_budget_s is None and TIME_BUDGET_S is not None:
     config = config.replace(inference=dataclasses.replace(config.inference, time_budget_s=float(TIME_BUDGET_S)))
-print(f"models: {MODELS_DIR}\\ntest images: {TEST_DIR}\\nconfig: {CONFIG_JSON or 'defaults'}")
-config"""
+print(f"models: {MODELS_DIR}\ntest images: {TEST_DIR}\nconfig: {CONFIG_JSON or 'defaults'}")
+config
 
-RUN = """\
+# %%
 # 3. Inference: the one library call.
 import kernel_lib.pipeline
 
 result = kernel_lib.pipeline.run_inference(TEST_DIR, MODELS_DIR, OUT_CSV, config=config, sample_csv=SAMPLE_CSV)
-print(f"{result.n_images} images, {result.n_instances} instances -> {result.submission}")"""
+print(f"{result.n_images} images, {result.n_instances} instances -> {result.submission}")
 
-VALIDATE = """\
+# %%
 # 4. Validate the submission the way the scorer reads it.
 from kernel_lib.submission import validate_submission
 
@@ -144,9 +121,9 @@ for problem in problems[:20]:
     print(problem)
 if problems:
     raise ValueError(f"{len(problems)} problem(s) in {result.submission} (first ones above)")
-print(f"{result.submission} is valid: every test id present, no overlaps, runs sorted and in bounds")"""
+print(f"{result.submission} is valid: every test id present, no overlaps, runs sorted and in bounds")
 
-TIMINGS = """\
+# %%
 # 5. Time per stage, as measured inside run_inference.
 import pandas as pd
 
@@ -155,9 +132,9 @@ timings["per image (s)"] = timings["seconds"] / max(result.n_images, 1)
 timings.to_csv(TIMINGS_CSV, index=False)
 # what ran for each image (the full ensemble, or a lighter one once the time budget got short)
 result.per_image_table().to_csv(KAGGLE_WORKING / "per_image.csv", index=False)
-timings.round(3)"""
+timings.round(3)
 
-OVERLAYS = """\
+# %%
 # 6. A few predictions drawn over their images (also saved under OVERLAY_DIR).
 import cv2
 from IPython.display import Image, display
@@ -171,49 +148,4 @@ for image_id in sorted(result.predictions)[:N_OVERLAYS]:
     path = OVERLAY_DIR / f"{image_id}.png"
     cv2.imwrite(str(path), overlay(read_image(TEST_DIR / f"{image_id}.png"), masks))
     print(f"{image_id}: {len(masks)} instances -> {path}")
-    display(Image(filename=str(path)))"""
-
-
-def notebook(cells: Sequence[tuple[str, str]]) -> nbformat.NotebookNode:
-    """A notebook without outputs from ("markdown" | "code", source) pairs, with
-    stable cell ids so that regenerating gives the same file."""
-    nb = nbformat.v4.new_notebook()
-    make = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    nb.cells = [make[kind](source) for kind, source in cells]
-    for number, cell in enumerate(nb.cells):
-        cell.id = f"cell-{number}"
-    nb.metadata = {
-        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"},
-    }
-    nbformat.validate(nb)
-    return nb
-
-
-def write_or_check(path: Path, nb: nbformat.NotebookNode, script: str, argv: Sequence[str]) -> int:
-    """Write ``nb`` to ``path``; with ``--check`` in ``argv`` only compare (exit 1 when
-    the committed file differs, naming ``script`` to run)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = nbformat.writes(nb) + "\n"
-    if "--check" in argv:
-        if not path.is_file() or path.read_text() != text:
-            print(f"{path} is out of date: run python {script}", file=sys.stderr)
-            return 1
-        return 0
-    path.write_text(text)
-    print(path)
-    return 0
-
-
-def build() -> nbformat.NotebookNode:
-    """The inference notebook, without outputs."""
-    code = (INSTALL, PARAMETERS, RUN, VALIDATE, TIMINGS, OVERLAYS)
-    return notebook([("markdown", INTRO), *(("code", src) for src in code)])
-
-
-def main() -> int:
-    return write_or_check(NOTEBOOK, build(), "scripts/make_notebook.py", sys.argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    display(Image(filename=str(path)))

@@ -1,0 +1,183 @@
+# %% [markdown]
+# # Sartorius cell instance segmentation: train the fold models
+#
+# Trains K detectron2 Mask R-CNN fold models on the competition's annotated images with
+# `python -m kernel_lib train` (stratified folds by cell type; flips, 90-degree rotations,
+# brightness/contrast and scale jitter; mixed precision; several GPUs through detectron2's
+# launcher) and scores each fold on its held-out images with the competition metric.
+#
+# Output: `/kaggle/working/models/fold<K>/` (`config.yaml`, `model_final.pth`, `meta.json`
+# with the held-out score, `metrics.json` loss log), plus `models.json` and
+# `dataset-metadata.json`: the folder is ready to become the model-weights dataset that
+# the inference notebook reads (see the README, "Training fold models").
+#
+# Settings: GPU on, internet off. Inputs: the competition data and the bundle dataset
+# (`wheels/`, made by `build_dataset.py`); optionally a dataset holding initial weights
+# (`INIT_WEIGHTS`, e.g. a COCO Mask R-CNN `.pkl`); without one the models train from scratch.
+
+# %%
+# 1. Install detectron2 and kernel_lib from the bundle dataset's wheels (offline), skipping what
+#    is already importable and never changing a package the image already has.
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
+# the bundle under every input layout: <slug>/, competitions/<slug>/, datasets/<owner>/<slug>/
+LAYOUTS = ("*", "competitions/*", "datasets/*/*")
+missing = [name for name in ("detectron2", "kernel_lib") if importlib.util.find_spec(name) is None]
+if missing:
+    found = [p for layout in LAYOUTS for p in sorted(KAGGLE_INPUT.glob(f"{layout}/wheels/sal_detectron2-*.whl"))]
+    found = found or sorted(KAGGLE_INPUT.rglob("sal_detectron2-*.whl"))
+    archives = [p for layout in LAYOUTS for p in sorted(KAGGLE_INPUT.glob(f"{layout}/wheels.zip"))]
+    if not found and archives:  # the dataset's wheels/ folder arrived as an archive: unpack a copy
+        unpacked = Path(tempfile.mkdtemp(prefix="bundle-wheels-"))
+        with zipfile.ZipFile(archives[0]) as archive:
+            archive.extractall(unpacked)
+        found = sorted(unpacked.rglob("sal_detectron2-*.whl"))
+        print(f"unpacked {archives[0]} into {unpacked}")
+    if not found:
+        seen = sorted(str(p.relative_to(KAGGLE_INPUT)) for layout in LAYOUTS for p in KAGGLE_INPUT.glob(layout))
+        raise FileNotFoundError(
+            f"no sal_detectron2 wheel (nor wheels.zip holding one) under {KAGGLE_INPUT}, which holds: "
+            f"{', '.join(seen[:40]) or 'nothing'}{', ...' if len(seen) > 40 else ''}. Add the bundle dataset made by "
+            "build_dataset.py to this notebook (kernel-metadata.json dataset_sources)"
+        )
+    wheels = found[0].parent
+    # Pin every bundled package the image already has to its installed version: pip then never
+    # downgrades (or upgrades) it, and stops with a conflict instead.
+    bundled = {re.sub(r"[-_.]+", "-", p.name.split("-")[0]).lower() for p in wheels.glob("*.whl")}
+    installed = {
+        re.sub(r"[-_.]+", "-", d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()
+    }
+    kept = sorted(f"{name}=={installed[name]}" for name in bundled & installed.keys())
+    constraints = Path(tempfile.mkdtemp(prefix="bundle-")) / "constraints.txt"
+    constraints.write_text("".join(f"{line}\n" for line in kept))
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels)]
+    pip += ["--constraint", str(constraints)]
+    if "detectron2" in missing:  # its dependencies that Kaggle's image lacks come from the same folder
+        subprocess.run([*pip, "sal-detectron2"], check=True)
+    if "kernel_lib" in missing:  # numpy, pandas, opencv and tqdm are Kaggle's own
+        subprocess.run([*pip, "--no-deps", "kernel_lib"], check=True)
+    importlib.invalidate_caches()
+    print(f"installed {', '.join(missing)} from {wheels}; kept as the image has them: {', '.join(kept) or 'none'}")
+else:
+    print("detectron2 and kernel_lib are already importable: nothing to install")
+
+# %%
+# 2. Parameters (environment variables override them for a local run).
+import os
+from pathlib import Path
+
+import torch
+
+from kernel_lib.kaggle import find_input
+
+KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
+KAGGLE_WORKING = Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working"))
+COMPETITION = "sartorius-cell-instance-segmentation"
+
+# train.csv + train/<id>.png, under any of Kaggle's layouts (<slug>/, competitions/<slug>/, ...)
+DATA_DIR = find_input(COMPETITION, KAGGLE_INPUT)
+FOLDS_CSV = KAGGLE_WORKING / "folds.csv"
+MODELS_DIR = KAGGLE_WORKING / "models"  # one folder per fold: becomes the model-weights dataset
+MODELS_DATASET_ID = "your-kaggle-username/sartorius-fold-models"  # as in kernel-metadata.json
+
+N_FOLDS = 5
+FOLDS_TO_TRAIN = os.environ.get("TRAIN_FOLDS", "all")  # "all" or e.g. "0" / "0,1"
+ARCH = "R50"  # R50, R101, X101, cascade (kernel_lib.d2config)
+INIT_WEIGHTS = os.environ.get("TRAIN_INIT_WEIGHTS", "")  # local .pth/.pkl in an attached dataset; "" = from scratch
+ITERS = int(os.environ.get("TRAIN_ITERS", "3000"))
+BATCH_PER_GPU = int(os.environ.get("TRAIN_BATCH_PER_GPU", "2"))  # 520x704 images upscaled to ~800 px
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NUM_GPUS = torch.cuda.device_count() if DEVICE == "cuda" else 1  # 2xT4: both, through detectron2's launcher
+BATCH = BATCH_PER_GPU * NUM_GPUS
+# anything else for `python -m kernel_lib train`, e.g. "--min-sizes 96 --test-size 96" for a smoke run
+EXTRA_ARGS = os.environ.get("TRAIN_EXTRA_ARGS", "").split()
+
+MODELS_DIR.mkdir(parents=True, exist_ok=True)
+print(f"data: {DATA_DIR}\nmodels: {MODELS_DIR}")
+print(f"device: {DEVICE} x {NUM_GPUS}, {ITERS} iterations of {BATCH} images")
+
+# %%
+# 3. Folds: stratified by cell type; kept when already written (re-runs train the same split).
+import subprocess
+import sys
+
+
+def kernel_lib_cli(*args: object) -> None:
+    """Run `python -m kernel_lib ARGS`, streaming its output here; raise if it fails."""
+    command = [sys.executable, "-m", "kernel_lib", *map(str, args)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+        for line in process.stdout:
+            print(line, end="")
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
+
+
+if not FOLDS_CSV.is_file():
+    kernel_lib_cli("folds", "--truth", DATA_DIR / "train.csv", "--out", FOLDS_CSV, "--n-folds", N_FOLDS)
+print(open(FOLDS_CSV).read()[:300])  # noqa: SIM115
+
+# %%
+# 4. Train: one process per fold (folds already finished, with a meta.json, are skipped).
+import pandas as pd
+
+all_folds = sorted(pd.read_csv(FOLDS_CSV)["fold"].unique().tolist())
+folds = all_folds if FOLDS_TO_TRAIN == "all" else [int(k) for k in FOLDS_TO_TRAIN.split(",")]
+init = ["--init-weights", INIT_WEIGHTS] if INIT_WEIGHTS else []
+for fold in folds:
+    if (MODELS_DIR / f"fold{fold}" / "meta.json").is_file():
+        print(f"fold {fold}: already trained, skipped")
+        continue
+    kernel_lib_cli(
+        "train", "--data", DATA_DIR, "--folds", FOLDS_CSV, "--fold", fold, "--out", MODELS_DIR,
+        "--arch", ARCH, "--iters", ITERS, "--batch", BATCH, "--device", DEVICE, "--num-gpus", NUM_GPUS,
+        *init, *EXTRA_ARGS,
+    )  # fmt: skip
+
+# %%
+# 5. Held-out scores, and the files that make MODELS_DIR a model-weights dataset.
+import json
+
+from kernel_lib.model_folder import read_meta, write_manifest
+
+rows = []
+for meta_path in sorted(MODELS_DIR.glob("*/meta.json")):
+    meta = read_meta(meta_path.parent)
+    rows.append(
+        {
+            "model": meta_path.parent.name,
+            "fold": meta["fold"],
+            "held-out score": meta.get("heldout_score"),
+            **{f"{k}": v for k, v in meta.get("heldout_per_cell_type", {}).items()},
+            "held-out images": meta.get("heldout_images"),
+            "iterations": meta["iters"],
+            "it/s": meta["iters_per_second"],
+            "train (min)": round(meta["train_seconds"] / 60, 1),
+        }
+    )
+summary = pd.DataFrame(rows)
+summary.to_csv(KAGGLE_WORKING / "heldout_scores.csv", index=False)
+write_manifest(MODELS_DIR, [(row["model"], 1.0) for row in rows])
+dataset = {"title": "Sartorius fold models", "id": MODELS_DATASET_ID, "licenses": [{"name": "other"}]}
+(MODELS_DIR / "dataset-metadata.json").write_text(json.dumps(dataset, indent=2) + "\n")
+print(f"{len(rows)} fold model(s) in {MODELS_DIR}; mean held-out score {summary['held-out score'].mean():.4f}")
+summary
+
+# %% [markdown]
+# ## Next: from these folds to a submission
+#
+# 1. Make `models/` a dataset: from this notebook's output page ("New Dataset"), or download
+#    it and run `kaggle datasets create -p models --dir-mode zip` (its `dataset-metadata.json`
+#    is written above; put your user name in `id`).
+# 2. Add that dataset to the inference notebook (`kernel-metadata.json` `dataset_sources`,
+#    `MODELS_DATASET` in its parameters cell), push it with `kaggle kernels push -p .`.
+# 3. Submit the notebook's output with `kaggle competitions submit sartorius-cell-instance-segmentation
+#    -f submission.csv -k <user>/sartorius-inference -v <version> -m "<message>"`.
