@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -364,6 +365,51 @@ def load_config(path: str | Path | None) -> Config:
         raise ValueError(f"config file {path} does not exist; pass a JSON file written by `tune` or omit --config")
     data = read_json_object(path, f"config file {path}", "fix it or omit --config")
     return Config.from_dict(data, source=str(path))
+
+
+CONFIG_ENV = "KERNEL_LIB_CONFIG"
+"""Environment variable naming the config JSON when none is passed (see :func:`config_for_models`)."""
+
+TUNED_CONFIG = "best_config.json"
+"""The config file a model-weights folder may ship beside its models (what ``tune`` writes)."""
+
+
+def config_for_models(models_dir: str | Path, path: str | Path | None = None) -> tuple[Config, Path | None]:
+    """The config to predict with from the models in ``models_dir``, and the file it came from.
+
+    The first of: ``path`` when given; else the file named by the environment variable
+    ``KERNEL_LIB_CONFIG`` (:data:`CONFIG_ENV`) when it is set and not empty; else
+    ``models_dir/best_config.json`` (:data:`TUNED_CONFIG`) when that is a file; else the
+    library defaults. The inference notebook and ``python -m kernel_lib predict``
+    (without ``--config``) both choose this way, so that the same models give the same
+    submission.
+
+    Args:
+        models_dir: the model folder (one sub-folder per fold model); it need not exist.
+        path: an explicit config JSON (e.g. ``--config``); it must exist.
+
+    Returns:
+        ``(config, file)``: the config and the JSON file read, or ``None`` for the defaults.
+
+    Raises:
+        ValueError: the chosen file is missing, not JSON, or has unknown keys or bad
+            values (as :func:`load_config`); a missing file named by the environment
+            variable says so.
+    """
+    if path is None:
+        named = os.environ.get(CONFIG_ENV, "")
+        if named:
+            path = Path(named)
+            if not path.is_file():
+                raise ValueError(
+                    f"config file {path} (named by {CONFIG_ENV}) does not exist; point {CONFIG_ENV} at a JSON "
+                    f"file written by `tune` or unset it"
+                )
+        elif (Path(models_dir) / TUNED_CONFIG).is_file():
+            path = Path(models_dir) / TUNED_CONFIG
+    if path is None:
+        return Config(), None
+    return load_config(path), Path(path)
 
 
 def read_json_object(path: str | Path, name: str, fix: str = "") -> dict[str, Any]:

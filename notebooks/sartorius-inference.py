@@ -72,7 +72,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from kernel_lib import load_config
+from kernel_lib.config import config_for_models
 from kernel_lib.kaggle import find_input
 
 KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
@@ -93,13 +93,11 @@ OUT_CSV = KAGGLE_WORKING / "submission.csv"
 TIMINGS_CSV = KAGGLE_WORKING / "timings.csv"
 OVERLAY_DIR = KAGGLE_WORKING / "overlays"
 
-# Ensemble / TTA / post-processing configuration (kernel_lib.Config): the JSON named by
-# KERNEL_LIB_CONFIG, else best_config.json (what `python -m kernel_lib tune` writes) when the
-# models dataset ships one, else None: the library's defaults. A JSON may set only some fields.
-TUNED = MODELS_DIR / "best_config.json"
-CONFIG_JSON = os.environ.get("KERNEL_LIB_CONFIG") or (TUNED if TUNED.is_file() else None)
-
-config = load_config(CONFIG_JSON)
+# Ensemble / TTA / post-processing configuration (kernel_lib.Config), chosen as
+# `python -m kernel_lib predict` does without --config: the JSON named by KERNEL_LIB_CONFIG,
+# else best_config.json (what `python -m kernel_lib tune` writes) when the models dataset ships
+# one, else the library's defaults (CONFIG_JSON None). A JSON may set only some fields.
+config, CONFIG_JSON = config_for_models(MODELS_DIR)
 if config.inference.time_budget_s is None and TIME_BUDGET_S is not None:
     config = config.replace(inference=dataclasses.replace(config.inference, time_budget_s=float(TIME_BUDGET_S)))
 print(f"models: {MODELS_DIR}\ntest images: {TEST_DIR}\nconfig: {CONFIG_JSON or 'defaults'}")

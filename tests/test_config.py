@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from kernel_lib.config import CELL_TYPES, IOU_THRESHOLDS, Config, PostprocessConfig, load_config
+from kernel_lib.config import (
+    CELL_TYPES,
+    CONFIG_ENV,
+    IOU_THRESHOLDS,
+    TUNED_CONFIG,
+    Config,
+    PostprocessConfig,
+    config_for_models,
+    load_config,
+)
 
 
 def test_defaults_are_the_public_baseline() -> None:
@@ -68,3 +77,88 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not valid JSON"):
         load_config(broken)
     assert load_config(None) == Config()
+
+
+# ------------------------------------------------------- which config goes with the models
+
+
+def _write(path: Path, method: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"ensemble": {"method": method}}))
+    return path
+
+
+def test_config_for_models_explicit_path_then_env_then_tuned_then_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models = tmp_path / "models"
+    explicit = _write(tmp_path / "explicit.json", "wmf")
+    named = _write(tmp_path / "named.json", "mask_nms")
+    tuned = _write(models / TUNED_CONFIG, "vote")
+    monkeypatch.setenv(CONFIG_ENV, str(named))
+
+    config, used = config_for_models(models, explicit)  # explicit path wins over everything
+    assert (config.ensemble.method, used) == ("wmf", explicit)
+    assert config_for_models(models, str(explicit))[1] == explicit  # a str path too
+
+    config, used = config_for_models(models)  # then KERNEL_LIB_CONFIG
+    assert (config.ensemble.method, used) == ("mask_nms", named)
+
+    monkeypatch.setenv(CONFIG_ENV, "")  # set but empty: as unset
+    config, used = config_for_models(str(models))  # then best_config.json beside the models
+    assert (config.ensemble.method, used) == ("vote", tuned)
+    monkeypatch.delenv(CONFIG_ENV)
+    assert config_for_models(models)[1] == tuned
+
+    tuned.unlink()  # then the defaults
+    assert config_for_models(models) == (Config(), None)
+    (models / TUNED_CONFIG).mkdir()  # a folder of that name is no config
+    assert config_for_models(models) == (Config(), None)
+    assert config_for_models(tmp_path / "no-such-folder") == (Config(), None)
+
+
+def test_config_for_models_missing_files_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models = tmp_path / "models"
+    _write(models / TUNED_CONFIG, "vote")
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    with pytest.raises(ValueError, match=r"config file .*nope\.json does not exist; pass a JSON file written by"):
+        config_for_models(models, tmp_path / "nope.json")  # never falls back to best_config.json
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "gone.json"))
+    with pytest.raises(ValueError, match=r"gone\.json \(named by KERNEL_LIB_CONFIG\) does not exist.*unset it"):
+        config_for_models(models)
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+        config_for_models(models, tmp_path / "broken.json")
+
+
+def test_predict_without_config_takes_the_models_config(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``predict`` chooses as the notebook does (config_for_models); all checked before any model runs."""
+    from kernel_lib.__main__ import main
+
+    models = tmp_path / "models"
+    tuned = _write(models / TUNED_CONFIG, "wmf")
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    args = ["predict", "--test-dir", str(data_dir / "test"), "--models", str(models)]
+    assert main([*args, "--out", str(tuned)]) == 2  # the config read is an input: --out may not be it
+    err = capsys.readouterr().err
+    assert f"note: config {tuned} (beside the models; --config overrides it)" in err
+    assert f"--out {tuned} is the config input" in err
+
+    named = _write(tmp_path / "named.json", "vote")
+    monkeypatch.setenv(CONFIG_ENV, str(named))
+    assert main([*args, "--out", str(named)]) == 2
+    err = capsys.readouterr().err
+    assert f"note: config {named} (named by KERNEL_LIB_CONFIG" in err and "is the config input" in err
+
+    tuned.write_text("{")  # --config wins: neither the environment variable nor best_config.json is read
+    explicit = _write(tmp_path / "explicit.json", "mask_nms")
+    assert main([*args, "--config", str(explicit), "--out", str(explicit)]) == 2
+    err = capsys.readouterr().err
+    assert "the --config input" in err and "note: config" not in err
+
+    monkeypatch.delenv(CONFIG_ENV)
+    assert main([*args, "--out", str(tmp_path / "s.csv")]) == 2
+    assert f"config file {tuned} is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()

@@ -8,6 +8,7 @@ the timing table and draw the overlays.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -22,7 +23,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from kernel_lib.config import IMAGE_SHAPE
+from kernel_lib.config import IMAGE_SHAPE, Config, EnsembleConfig, config_for_models
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
@@ -126,6 +127,34 @@ def test_parameters_cell_without_the_models_dataset_lists_the_inputs(
     monkeypatch.setenv("KAGGLE_INPUT", str(tmp_path))
     with pytest.raises(ValueError, match=rf"no Kaggle input 'sartorius-fold-models'.*competitions/{COMPETITION}/"):
         exec(code_cells()[1], {})
+
+
+def test_parameters_cell_takes_the_config_predict_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KERNEL_LIB_CONFIG, else best_config.json beside the models, else the defaults: config_for_models."""
+    (tmp_path / COMPETITION / "test").mkdir(parents=True)
+    models = tmp_path / "sartorius-fold-models"
+    models.mkdir()
+    monkeypatch.setenv("KAGGLE_INPUT", str(tmp_path))
+    monkeypatch.delenv("KERNEL_LIB_CONFIG", raising=False)
+
+    def parameters() -> dict[str, object]:
+        namespace: dict[str, object] = {}
+        exec(code_cells()[1], namespace)
+        config, used = config_for_models(models)
+        assert namespace["CONFIG_JSON"] == used
+        assert namespace["config"] == config.replace(
+            inference=dataclasses.replace(config.inference, time_budget_s=8 * 3600.0)
+        )
+        return namespace
+
+    assert parameters()["CONFIG_JSON"] is None
+    tuned = models / "best_config.json"
+    Config(ensemble=EnsembleConfig(method="wmf")).to_json(tuned)
+    assert parameters()["CONFIG_JSON"] == tuned
+    named = tmp_path / "named.json"
+    Config(ensemble=EnsembleConfig(method="vote")).to_json(named)
+    monkeypatch.setenv("KERNEL_LIB_CONFIG", str(named))
+    assert parameters()["CONFIG_JSON"] == named
 
 
 @pytest.fixture(params=["classic", "new"])

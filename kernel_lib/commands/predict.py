@@ -2,13 +2,18 @@
 [--config CFG] [--device auto|cpu|cuda] [--sample SAMPLE_CSV] [--batch-size N] [--workers N] [--no-half]``.
 
 Runs the fold-model ensemble (TTA, ensembling, post-processing) on a test folder and
-writes a validated submission. Options given here override the config file.
+writes a validated submission. Options given here override the config file. Without
+``--config`` the config is the one the inference notebook takes for the same models
+(:func:`kernel_lib.config.config_for_models`): the file named by ``KERNEL_LIB_CONFIG``,
+else ``best_config.json`` in the models folder, else the built-in defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import sys
 
 from kernel_lib.kaggle import cli_path
 
@@ -24,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model folder: <name>/config.yaml + model_final.pth (or kaggle:SLUG: an attached dataset)",
     )
     parser.add_argument("--out", default="submission.csv", help="submission CSV to write (default submission.csv)")
-    parser.add_argument("--config", help="JSON config (written by `tune`); default: built-in defaults")
+    parser.add_argument(
+        "--config",
+        help="JSON config (written by `tune`); default, as the inference notebook: the file named by the "
+        "KERNEL_LIB_CONFIG environment variable, else best_config.json in --models, else built-in defaults",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the models run (default: config)")
     parser.add_argument(
         "--sample", type=cli_path, help="sample_submission.csv: predict and write exactly its ids (or kaggle:SLUG/...)"
@@ -36,17 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kernel_lib.config import load_config
+    from kernel_lib.config import CONFIG_ENV, config_for_models
     from kernel_lib.images import list_images
     from kernel_lib.outputs import check_output, note_output
     from kernel_lib.pipeline import run_inference
     from kernel_lib.submission import id_problems, read_csv_columns
 
-    config = load_config(args.config)
+    config, config_file = config_for_models(args.models, args.config)
+    if args.config is None and config_file is not None:
+        where = f"named by {CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "beside the models"
+        print(f"note: config {config_file} ({where}; --config overrides it)", file=sys.stderr)
     # everything that can be checked before the models run: the images (one file per
     # id, the competition's frame), the ids as CSV cells, and the output path
     paths = list_images(args.test_dir)
-    inputs = {"--sample": args.sample, "--config": args.config}
+    inputs = {"--sample": args.sample, "--config" if args.config is not None else "config": config_file}
     inputs.update({f"--test-dir image {p.name}": p for p in paths})
     note_output(check_output(args.out, inputs))
     ids = [p.stem for p in paths]
