@@ -723,10 +723,18 @@ def _train_worker(opts: TrainOptions, device: str) -> None:
         log_file.close()
 
 
-def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
-    fold_dir = opts.fold_dir
-    seed_all_rng(opts.seed + rank)
+@dataclass(frozen=True)
+class _FoldData:
+    """The images of one run: the split, the training records and the held-out ones
+    (None when not scored)."""
 
+    split: FoldSplit
+    train: TrainingData
+    heldout: TrainingData | None
+
+
+def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
+    """Read the split's images; rank 0 logs and writes the annotation rows left out."""
     split = fold_split(opts.folds_csv, opts.fold)
     train_ids = split.train_ids[: opts.max_images] if opts.max_images else split.train_ids
     train = load_dataset_dicts(opts.data_dir, train_ids)
@@ -734,11 +742,11 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
     if rank == 0:
         problems = train.problems + (heldout.problems if heldout else [])
         frame = pd.DataFrame([(p.id, p.row, p.what) for p in problems], columns=["id", "row", "what"])
-        frame.to_csv(fold_dir / "annotation_problems.csv", index=False)
+        frame.to_csv(opts.fold_dir / "annotation_problems.csv", index=False)
         for problem in problems[:20]:
             logger.warning("annotation left out: %s", problem)
         if len(problems) > 20:
-            logger.warning("... %d more in %s", len(problems) - 20, fold_dir / "annotation_problems.csv")
+            logger.warning("... %d more in %s", len(problems) - 20, opts.fold_dir / "annotation_problems.csv")
         logger.info(
             "fold %d: %d training images (%d instances), %d held-out images (%s), %d rows left out",
             opts.fold,
@@ -748,33 +756,13 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
             "scored at the end" if heldout else "not scored",
             len(problems),
         )
+    return _FoldData(split, train, heldout)
 
-    cfg = build_config(opts, device)
-    cfg.freeze()
-    mapper = build_mapper(cfg, opts.augment, opts.normalization)
-    bf16 = opts.resolved_bf16(device)
-    config = _eval_config(opts, device)
 
-    trainer: _FoldTrainer | None = None
-
-    def periodic_eval() -> dict[str, float]:
-        if heldout is None or not comm.is_main_process() or trainer is None:
-            return {}
-        result = _score_weights(cfg, trainer.model, heldout, config, opts.fold_name, opts.normalization)
-        logger.info("iteration %d: held-out score %.4f", trainer.iter + 1, result.score)
-        return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
-
-    trainer = _FoldTrainer(cfg, train.dicts, mapper, periodic_eval, bf16=bf16)
-    trainer.resume_or_load(resume=opts.resume)
-    start = time.perf_counter()
-    first_iter = trainer.start_iter
-    trainer.train()
-    train_seconds = time.perf_counter() - start
-    if not comm.is_main_process():
-        return
-
-    done = opts.iters - first_iter
-    meta: dict[str, Any] = {
+def _data_meta(opts: TrainOptions, data: _FoldData) -> dict[str, Any]:
+    """meta.json: what the fold was trained on."""
+    problems = len(data.train.problems) + (len(data.heldout.problems) if data.heldout else 0)
+    return {
         "fold": opts.fold,
         "name": opts.fold_name,
         "arch": "" if opts.base_config else opts.arch,
@@ -783,12 +771,17 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         "from_scratch": not opts.init_weights,
         "folds_csv": str(opts.folds_csv),
         "data_dir": str(opts.data_dir),
-        "train_images": len(train.dicts),
-        "train_instances": sum(len(r["annotations"]) for r in train.dicts),
-        "heldout_ids": list(split.heldout_ids),
-        "annotation_problems": len(train.problems) + (len(heldout.problems) if heldout else 0),
+        "train_images": len(data.train.dicts),
+        "train_instances": sum(len(r["annotations"]) for r in data.train.dicts),
+        "heldout_ids": list(data.split.heldout_ids),
+        "annotation_problems": problems,
+    }
+
+
+def _recipe_meta(opts: TrainOptions, cfg: CfgNode, device: str, bf16: bool, mapper: Any) -> dict[str, Any]:
+    """meta.json: how it was trained (inference reads ``input_normalization`` back)."""
+    return {
         "iters": opts.iters,
-        "resumed_from_iter": first_iter,
         "batch": opts.batch,
         "base_lr": cfg.SOLVER.BASE_LR,
         "device": device,
@@ -801,22 +794,65 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         "augment": dataclasses.asdict(opts.augment),
         NORMALIZATION_KEY: opts.normalization,
         "seed": opts.seed,
-        "train_seconds": round(train_seconds, 1),
-        "iters_per_second": round(done / train_seconds, 4) if train_seconds > 0 else None,
+    }
+
+
+def _run_meta(first_iter: int, done: int, seconds: float) -> dict[str, Any]:
+    """meta.json: the run itself."""
+    return {
+        "resumed_from_iter": first_iter,
+        "train_seconds": round(seconds, 1),
+        "iters_per_second": round(done / seconds, 4) if seconds > 0 else None,
         "torch": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_model_folder(fold_dir, cfg, trainer.model, meta)
+
+
+def _finish_fold(opts: TrainOptions, cfg: CfgNode, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Write the fold folder (weights, config, meta) and drop the periodic checkpoints."""
+    write_model_folder(opts.fold_dir, cfg, model, meta)
     if not opts.keep_checkpoints:
-        for path in fold_dir.glob("model_*.pth"):
+        for path in opts.fold_dir.glob("model_*.pth"):
             if path.name != "model_final.pth":
                 path.unlink()
-        (fold_dir / "last_checkpoint").unlink(missing_ok=True)
+        (opts.fold_dir / "last_checkpoint").unlink(missing_ok=True)
 
-    if heldout is not None:
-        meta.update(score_fold(fold_dir, heldout, config, opts.eval_config))
+
+def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
+    """One process's run: read the data, train, write the fold, score it on its held-out images."""
+    seed_all_rng(opts.seed + rank)
+    data = _load_fold_data(opts, rank)
+    cfg = build_config(opts, device)
+    cfg.freeze()
+    mapper = build_mapper(cfg, opts.augment, opts.normalization)
+    bf16 = opts.resolved_bf16(device)
+    config = _eval_config(opts, device)
+    trainer: _FoldTrainer | None = None
+
+    def periodic_eval() -> dict[str, float]:
+        if data.heldout is None or not comm.is_main_process() or trainer is None:
+            return {}
+        result = _score_weights(cfg, trainer.model, data.heldout, config, opts.fold_name, opts.normalization)
+        logger.info("iteration %d: held-out score %.4f", trainer.iter + 1, result.score)
+        return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
+
+    trainer = _FoldTrainer(cfg, data.train.dicts, mapper, periodic_eval, bf16=bf16)
+    trainer.resume_or_load(resume=opts.resume)
+    start, first_iter = time.perf_counter(), trainer.start_iter
+    trainer.train()
+    seconds = time.perf_counter() - start
+    if not comm.is_main_process():
+        return
+    meta = {
+        **_data_meta(opts, data),
+        **_recipe_meta(opts, cfg, device, bf16, mapper),
+        **_run_meta(first_iter, opts.iters - first_iter, seconds),
+    }
+    _finish_fold(opts, cfg, trainer.model, meta)
+    if data.heldout is not None:
+        meta.update(score_fold(opts.fold_dir, data.heldout, config, opts.eval_config))
         logger.info("fold %d held-out score %.4f %s", opts.fold, meta["heldout_score"], meta["heldout_per_cell_type"])
-    write_meta(fold_dir, meta)
+    write_meta(opts.fold_dir, meta)
 
 
 def score_fold(fold_dir: Path, heldout: TrainingData, config: Config, config_name: str = "") -> dict[str, Any]:
