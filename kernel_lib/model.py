@@ -626,33 +626,42 @@ def predict(
         pin_memory=devices[0].type == "cuda",
         persistent_workers=False,
     )
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
-    try:
-        if len(predictors) == 1:
-            for batch in _checked(iter(loader)):
-                for item, out in zip(batch, predictors[0].predict_batch(batch)):
+    batches = _on_one(predictors[0], loader) if len(predictors) == 1 else _on_replicas(predictors, loader)
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        try:
+            for batch, outs in batches:
+                for item, out in zip(batch, outs):
                     yield item["id"], item["grey"], out
                 bar.update(len(batch))
-            return
-        executors = [ThreadPoolExecutor(max_workers=1) for _ in predictors]
-        pending: deque[tuple[list[dict[str, Any]], Future]] = deque()
-        try:
-            for k, batch in enumerate(_checked(iter(loader))):
-                pending.append(
-                    (batch, executors[k % len(executors)].submit(predictors[k % len(executors)].predict_batch, batch))
-                )
-                while len(pending) > 2 * len(executors) or (pending and pending[0][1].done()):
-                    done_batch, future = pending.popleft()
-                    for item, out in zip(done_batch, future.result()):
-                        yield item["id"], item["grey"], out
-                    bar.update(len(done_batch))
-            while pending:
-                done_batch, future = pending.popleft()
-                for item, out in zip(done_batch, future.result()):
-                    yield item["id"], item["grey"], out
-                bar.update(len(done_batch))
         finally:
-            for executor in executors:
-                executor.shutdown(wait=True, cancel_futures=True)
+            batches.close()
+
+
+Batches = Iterator[tuple[list[dict[str, Any]], list[ViewOutputs]]]
+"""(loaded items, their outputs) a batch at a time, in input order."""
+
+
+def _on_one(predictor: EnsemblePredictor, loader: DataLoader) -> Batches:
+    """Every batch through one predictor (one device), in turn."""
+    for batch in _checked(iter(loader)):
+        yield batch, predictor.predict_batch(batch)
+
+
+def _on_replicas(predictors: Sequence[EnsemblePredictor], loader: DataLoader) -> Batches:
+    """Batches dealt to the predictors (one per GPU, each in its own thread) in turn; at
+    most two batches in flight per GPU; results come back in input order."""
+    executors = [ThreadPoolExecutor(max_workers=1) for _ in predictors]
+    pending: deque[tuple[list[dict[str, Any]], Future]] = deque()
+    try:
+        for k, batch in enumerate(_checked(iter(loader))):
+            predictor, executor = predictors[k % len(predictors)], executors[k % len(executors)]
+            pending.append((batch, executor.submit(predictor.predict_batch, batch)))
+            while len(pending) > 2 * len(executors) or (pending and pending[0][1].done()):
+                done_batch, future = pending.popleft()
+                yield done_batch, future.result()
+        while pending:
+            done_batch, future = pending.popleft()
+            yield done_batch, future.result()
     finally:
-        bar.close()
+        for executor in executors:
+            executor.shutdown(wait=True, cancel_futures=True)

@@ -389,3 +389,32 @@ def test_an_unreadable_image_in_a_loader_worker_stops_with_one_clear_error(
             seen.extend(item["id"] for item in batch)
     assert seen == [good.stem]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_batches_dealt_to_replicas_come_back_in_input_order() -> None:
+    """The multi-GPU path on the CPU: two predictors in their own threads, the first one
+    slower, so that batches finish out of order; outputs still come back in input order,
+    each from the predictor it was dealt to (batch k to replica k % 2)."""
+    import threading
+    import time
+
+    from kernel_lib.model import _on_replicas
+
+    class Replica:
+        def __init__(self, name: str, delay: float) -> None:
+            self.name, self.delay = name, delay
+            self.threads: set[str] = set()
+
+        def predict_batch(self, batch: list[dict[str, object]]) -> list[str]:
+            self.threads.add(threading.current_thread().name)
+            time.sleep(self.delay)
+            return [f"{self.name}:{item['id']}" for item in batch]
+
+    slow, fast = Replica("gpu0", 0.05), Replica("gpu1", 0.0)
+    batches = [[{"id": f"i{2 * k}"}, {"id": f"i{2 * k + 1}"}] for k in range(5)]
+    got = list(_on_replicas([slow, fast], batches))  # type: ignore[list-item, arg-type]
+    assert [b for b, _ in got] == batches
+    assert [outs for _, outs in got] == [
+        [f"{'gpu0' if k % 2 == 0 else 'gpu1'}:i{2 * k + j}" for j in range(2)] for k in range(5)
+    ]
+    assert len(slow.threads) == len(fast.threads) == 1 and slow.threads != fast.threads
