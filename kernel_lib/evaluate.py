@@ -408,48 +408,23 @@ def evaluate(
     """
     config = config or Config()
     started = time.perf_counter()
-    paths = {p.stem: p for p in list_images(images_dir)}
-    truth = read_truth(truth_csv, ids=paths)
-    ids = [i for i in paths if i in truth]
-    if not ids:
-        raise ValueError(f"no image of {images_dir} has annotations in {truth_csv}; pass the matching train folder")
-    notes: list[str] = truth_notes({i: truth[i] for i in ids}, truth_csv)
-    unannotated = len(paths) - len(ids)
-    if unannotated:
-        notes.append(f"{unannotated} image(s) of {images_dir} have no annotation in {truth_csv}: not evaluated")
+    paths, truth, notes = _annotated_images(truth_csv, images_dir)
     folds = None
     if folds_csv is not None:
         table = read_folds(folds_csv)
         folds = {str(i): int(f) for i, f in zip(table["id"], table["fold"])}
     models = model_infos(models_dir)
-    assigned, skipped, more_notes = assign_models(ids, models, folds)
+    assigned, skipped, more_notes = assign_models(list(paths), models, folds)
     notes.extend(more_notes)
     if not assigned:
         raise ValueError(f"no image left to evaluate: {'; '.join(notes)}")
 
     cache = Path(cache_dir) if cache_dir is not None else None
     keys = {i: cache_key(assigned[i], config, file_digest(paths[i])) for i in assigned}
-    instances: dict[str, SoftInstances] = {}
-    for i in assigned:
-        try:
-            hit = load_instances(cache / f"{i}.npz", keys[i]) if cache is not None else None
-        except ValueError:  # a truncated or foreign entry: predicted again and rewritten
-            notes.append(f"cache entry {cache / f'{i}.npz'} was unreadable (truncated?): predicted again")
-            hit = None
-        if hit is not None:
-            instances[i] = hit
+    instances = _cached_instances(cache, keys, notes) if cache is not None else {}
     cached = len(instances)
     missing = [i for i in assigned if i not in instances]
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for i in missing:
-        groups.setdefault(tuple(m.name for m in assigned[i]), []).append(i)
-    for names, group in groups.items():
-        instances.update(
-            _predict_group([m for m in models if m.name in names], [paths[i] for i in group], config, progress)
-        )
-        if cache is not None:
-            for i in group:
-                save_instances(cache / f"{i}.npz", instances[i], keys[i])
+    instances.update(_predict_missing(missing, assigned, models, paths, config, cache, keys, progress))
     t_predicted = time.perf_counter()
     instances = {i: instances[i] for i in assigned}  # in image order
     if cache is not None:
@@ -471,6 +446,68 @@ def evaluate(
         predicted=len(missing),
         seconds={"predict": t_predicted - started, "score": time.perf_counter() - t_predicted},
     )
+
+
+def _annotated_images(
+    truth_csv: str | Path, images_dir: str | Path
+) -> tuple[dict[str, Path], dict[str, Truth], list[str]]:
+    """The images of ``images_dir`` that have annotations (id -> path, in name order),
+    their truth, and notes on what the truth left out and on images without annotation.
+
+    Raises:
+        ValueError: no image of the folder has annotations.
+    """
+    found = {p.stem: p for p in list_images(images_dir)}
+    truth = read_truth(truth_csv, ids=found)
+    paths = {i: p for i, p in found.items() if i in truth}
+    if not paths:
+        raise ValueError(f"no image of {images_dir} has annotations in {truth_csv}; pass the matching train folder")
+    notes: list[str] = truth_notes({i: truth[i] for i in paths}, truth_csv)
+    if len(found) > len(paths):
+        notes.append(
+            f"{len(found) - len(paths)} image(s) of {images_dir} have no annotation in {truth_csv}: not evaluated"
+        )
+    return paths, truth, notes
+
+
+def _cached_instances(cache: Path, keys: Mapping[str, str], notes: list[str]) -> dict[str, SoftInstances]:
+    """The cache entries whose key matches; an unreadable entry is noted and left out
+    (predicted again and rewritten)."""
+    out = {}
+    for i, key in keys.items():
+        try:
+            hit = load_instances(cache / f"{i}.npz", key)
+        except ValueError:  # a truncated or foreign entry
+            notes.append(f"cache entry {cache / f'{i}.npz'} was unreadable (truncated?): predicted again")
+            hit = None
+        if hit is not None:
+            out[i] = hit
+    return out
+
+
+def _predict_missing(
+    missing: Sequence[str],
+    assigned: Mapping[str, Sequence[ModelInfo]],
+    models: Sequence[ModelInfo],
+    paths: Mapping[str, Path],
+    config: Config,
+    cache: Path | None,
+    keys: Mapping[str, str],
+    progress: bool,
+) -> dict[str, SoftInstances]:
+    """Predict the images not in the cache, grouped by the models assigned to them (each
+    group loads its models once); each image's instances are written to the cache."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for i in missing:
+        groups.setdefault(tuple(m.name for m in assigned[i]), []).append(i)
+    out: dict[str, SoftInstances] = {}
+    for names, group in groups.items():
+        chosen = [m for m in models if m.name in names]
+        out.update(_predict_group(chosen, [paths[i] for i in group], config, progress))
+        if cache is not None:
+            for i in group:
+                save_instances(cache / f"{i}.npz", out[i], keys[i])
+    return out
 
 
 def _predict_group(
