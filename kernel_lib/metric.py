@@ -389,26 +389,9 @@ def score_submission(
             RLE (named by id and row), a prediction id the truth lacks, or an id in
             ``ids`` the truth lacks.
     """
-    for df, cols, source in (
-        (truth_df, ("id", "annotation"), truth_source),
-        (pred_df, ("id", "predicted"), pred_source),
-    ):
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise ValueError(
-                f"{source}: missing column(s) {missing}, found {list(df.columns)}; expected "
-                f"{', '.join(cols)} (train.csv for the truth, submission.csv for the prediction)"
-            )
+    _check_columns(truth_df, pred_df, truth_source, pred_source)
+    _check_frame_size(truth_df, shape, truth_source)
     height, width = shape
-    for column, expected in (("height", height), ("width", width)):
-        if column in truth_df.columns:
-            values = pd.to_numeric(truth_df[column], errors="coerce")
-            bad = truth_df.loc[values != expected, "id"]
-            if len(bad):
-                raise ValueError(
-                    f"{truth_source}: {column} {truth_df.loc[bad.index[0], column]} for id {bad.iloc[0]}, expected "
-                    f"{expected}; pass the image size with --height/--width (shape) or fix the file"
-                )
     # the size is checked above for the whole file: the policy checks the rest
     truth = truth_images(truth_df[[c for c in ("id", "annotation", "cell_type") if c in truth_df.columns]], shape=shape)
     p_ids, p_rles = _column_strings(pred_df, "id"), _column_strings(pred_df, "predicted")
@@ -419,10 +402,7 @@ def score_submission(
             f"{pred_source}: {len(unknown)} id(s) not in {truth_source}, e.g. {unknown[:3]}; "
             "score against the truth file that holds these images"
         )
-    wanted = list(truth) if ids is None else [str(i) for i in ids]
-    absent = [i for i in wanted if i not in truth]
-    if absent:
-        raise ValueError(f"ids to score not in {truth_source}: {absent[:3]} ({len(absent)} in all)")
+    wanted = _wanted_ids(ids, truth, truth_source)
     iterator: Iterable[str] = wanted
     if progress:
         from tqdm.auto import tqdm
@@ -442,6 +422,41 @@ def score_submission(
         cell_types[image_id] = truth[image_id].cell_type
     dropped = sorted((p for i in wanted for p in truth[i].dropped), key=lambda p: (p.row, p.id))
     return dataclasses.replace(report_from_scores(scores, cell_types), dropped=tuple(dropped))
+
+
+def _check_columns(truth_df: pd.DataFrame, pred_df: pd.DataFrame, truth_source: str, pred_source: str) -> None:
+    for df, cols, source in (
+        (truth_df, ("id", "annotation"), truth_source),
+        (pred_df, ("id", "predicted"), pred_source),
+    ):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ValueError(
+                f"{source}: missing column(s) {missing}, found {list(df.columns)}; expected "
+                f"{', '.join(cols)} (train.csv for the truth, submission.csv for the prediction)"
+            )
+
+
+def _check_frame_size(truth_df: pd.DataFrame, shape: tuple[int, int], truth_source: str) -> None:
+    """The truth's ``height`` / ``width`` columns, when present, must be ``shape``."""
+    for column, expected in (("height", shape[0]), ("width", shape[1])):
+        if column in truth_df.columns:
+            values = pd.to_numeric(truth_df[column], errors="coerce")
+            bad = truth_df.loc[values != expected, "id"]
+            if len(bad):
+                raise ValueError(
+                    f"{truth_source}: {column} {truth_df.loc[bad.index[0], column]} for id {bad.iloc[0]}, expected "
+                    f"{expected}; pass the image size with --height/--width (shape) or fix the file"
+                )
+
+
+def _wanted_ids(ids: Iterable[str] | None, truth: Mapping[str, object], truth_source: str) -> list[str]:
+    """``ids`` as strings (every truth id when None); each must be in the truth."""
+    wanted = list(truth) if ids is None else [str(i) for i in ids]
+    absent = [i for i in wanted if i not in truth]
+    if absent:
+        raise ValueError(f"ids to score not in {truth_source}: {absent[:3]} ({len(absent)} in all)")
+    return wanted
 
 
 def _pixels_or_error(
