@@ -542,41 +542,13 @@ class EnsemblePredictor:
         return outs
 
     def _fuse_roi(self, items, shapes, per_model) -> list[ViewOutputs]:
-        from torchvision.ops import batched_nms
-
-        n = len(items)
-        boxes_all: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        scores_all: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        classes_all: list[list[torch.Tensor]] = [[] for _ in range(n)]
-        for calls in per_model:
-            for group, dets, _ in calls:
-                for (i, view, _), det in zip(group, dets):
-                    boxes_all[i].append(view.invert_boxes(det.pred_boxes.tensor.float()))
-                    scores_all[i].append(det.scores.float())
-                    classes_all[i].append(det.pred_classes)
-        merged = []
-        for i in range(n):
-            boxes, scores, classes = torch.cat(boxes_all[i]), torch.cat(scores_all[i]), torch.cat(classes_all[i])
-            # class-agnostic: one cell is one instance whatever class each model gave it
-            keep = batched_nms(boxes, scores, torch.zeros_like(classes), self.ensemble.box_nms_iou)
-            keep = keep[: self.ensemble.detections_per_image]
-            merged.append((boxes[keep], scores[keep], classes[keep]))
+        """The "roi" method: merge every (model, view)'s boxes, run every model's mask
+        head on the merged boxes in every view, average the soft masks."""
+        merged = self._merged_boxes(len(items), per_model)
         selected = [scores >= self.mask_min_score for _, scores, _ in merged]
-
-        # every (model, view) mask head on the merged boxes; masks stay on the device
-        parts: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(n)]
-        for k, fm in enumerate(self.models):
-            calls, per_model[k] = per_model[k], None  # let this model's features go after use
-            for group, _, feats in calls:
-                view_boxes = [view.apply_boxes(merged[i][0][selected[i]]) for i, view, _ in group]
-                view_classes = [merged[i][2][selected[i]] for i, _, _ in group]
-                masks = self._masks_on_boxes(fm, feats, view_boxes, view_classes, [e[1] for e in group])
-                for (i, view, _), m in zip(group, masks):
-                    parts[i].append((fm.weight, view.invert_roi_masks(m)))
-            del calls
+        parts = self._masks_on_merged(len(items), per_model, merged, selected)
         outs = []
-        for i in range(n):
-            boxes, scores, classes = merged[i]
+        for i, (boxes, scores, classes) in enumerate(merged):
             size = max((m.shape[-1] for _, m in parts[i]), default=DEFAULT_MASK_SIZE)
             total = sum(w for w, _ in parts[i])
             masks = torch.zeros((len(boxes), size, size), device=boxes.device)
@@ -584,6 +556,43 @@ class EnsemblePredictor:
                 masks[selected[i]] = sum(w * _resize_masks(m, size) for w, m in parts[i]) / total
             outs.append(ViewOutputs(_to_soft(boxes, scores, classes, masks, shapes[i]), [], [], []))
         return outs
+
+    def _merged_boxes(self, n: int, per_model) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per image: (boxes, scores, classes) of every model and view, mapped back to the
+        frame and merged by class-agnostic box NMS (one cell is one instance whatever
+        class each model gave it), at most ``detections_per_image``."""
+        from torchvision.ops import batched_nms
+
+        found: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(n)]
+        for calls in per_model:
+            for group, dets, _ in calls:
+                for (i, view, _), det in zip(group, dets):
+                    found[i].append(
+                        (view.invert_boxes(det.pred_boxes.tensor.float()), det.scores.float(), det.pred_classes)
+                    )
+        merged = []
+        for parts in found:
+            boxes, scores, classes = (torch.cat(column) for column in zip(*parts))
+            keep = batched_nms(boxes, scores, torch.zeros_like(classes), self.ensemble.box_nms_iou)
+            keep = keep[: self.ensemble.detections_per_image]
+            merged.append((boxes[keep], scores[keep], classes[keep]))
+        return merged
+
+    def _masks_on_merged(self, n: int, per_model, merged, selected) -> list[list[tuple[float, torch.Tensor]]]:
+        """Per image: (model weight, soft masks in the frame's box coordinates) of every
+        (model, view) mask head on the selected merged boxes; masks stay on the device,
+        and each model's features are let go once used."""
+        parts: list[list[tuple[float, torch.Tensor]]] = [[] for _ in range(n)]
+        for k, fm in enumerate(self.models):
+            calls, per_model[k] = per_model[k], None
+            for group, _, feats in calls:
+                view_boxes = [view.apply_boxes(merged[i][0][selected[i]]) for i, view, _ in group]
+                view_classes = [merged[i][2][selected[i]] for i, _, _ in group]
+                masks = self._masks_on_boxes(fm, feats, view_boxes, view_classes, [e[1] for e in group])
+                for (i, view, _), m in zip(group, masks):
+                    parts[i].append((fm.weight, view.invert_roi_masks(m)))
+            del calls
+        return parts
 
 
 def cuda_devices(inference: InferenceConfig) -> list[torch.device]:
