@@ -363,26 +363,13 @@ def refresh_wheels(folder: Path, pins: Sequence[Pin], pythons: Sequence[str], re
             if path in shipped:
                 continue  # a pure wheel, already checked for an earlier Python
             if path is None and pin.key not in from_source:
-                if _download(pin, python, folder):
-                    path = find_wheel(folder, pin, python)
-                    if path is None:
-                        raise BuildError(
-                            f"pip downloaded {pin} for Python {python}, but no matching wheel is in {folder}"
-                        )
-                else:
+                path = _downloaded(pin, python, folder)
+                if path is None:
                     from_source.add(pin.key)  # only an sdist on the index
             if pin.key in from_source:
-                if path is None or (hashes.matches(path) is False and not rehash):
-                    if path is not None:
-                        path.unlink()  # differs from its record: build it again from the checked source
-                    path = build_from_sdist(pin, folder, hashes)
-                else:
-                    rel = recorded_sources.get((pin.key, pin.version))
-                    if rel is not None:
-                        hashes.current[rel] = hashes.recorded[rel]  # its source stays recorded
-                hashes.accept(path, "rebuilt from its checked source by other build tools")
+                path = _from_source(pin, path, folder, hashes, recorded_sources.get((pin.key, pin.version)), rehash)
             else:
-                assert path is not None
+                assert path is not None  # found, or downloaded above
                 hashes.verify(path, "it is downloaded again")
             shipped.append(path)
     for note in hashes.notes:
@@ -390,6 +377,31 @@ def refresh_wheels(folder: Path, pins: Sequence[Pin], pythons: Sequence[str], re
     if hashes.write():
         tqdm.write(f"updated {hashes.path} (commit it)", file=sys.stderr)
     return shipped
+
+
+def _downloaded(pin: Pin, python: str, folder: Path) -> Path | None:
+    """The wheel of ``pin`` for ``python`` downloaded into ``folder``; None when the index
+    has only its sdist."""
+    if not _download(pin, python, folder):
+        return None
+    path = find_wheel(folder, pin, python)
+    if path is None:
+        raise BuildError(f"pip downloaded {pin} for Python {python}, but no matching wheel is in {folder}")
+    return path
+
+
+def _from_source(pin: Pin, path: Path | None, folder: Path, hashes: Hashes, source: str | None, rehash: bool) -> Path:
+    """The pure wheel of a pin that has only an sdist: the one in ``folder`` when it matches
+    its record (its recorded ``source`` stays recorded), else built again from the
+    hash-checked sdist."""
+    if path is None or (hashes.matches(path) is False and not rehash):
+        if path is not None:
+            path.unlink()  # differs from its record: build it again from the checked source
+        path = build_from_sdist(pin, folder, hashes)
+    elif source is not None:
+        hashes.current[source] = hashes.recorded[source]
+    hashes.accept(path, "rebuilt from its checked source by other build tools")
+    return path
 
 
 # --------------------------------------------------------------------------- kernel_lib
