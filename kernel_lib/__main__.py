@@ -5,7 +5,10 @@ and ``run(args) -> int``; command modules import heavy things (torch) inside ``r
 :func:`main` imports only the module of the command it runs (``--help`` alone imports
 none), so start-up costs what that command needs.
 Bad input ends with one ``error: ...`` line naming the file and the fix (exit 2),
-never a traceback.
+never a traceback: the library raises ``ValueError`` with such a message for what the
+user can fix. A ``ValueError`` raised outside kernel_lib (numpy, torch, ... called with
+something the library failed to check) is a bug, not a user error: it is shown with
+its traceback and exit status 1.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
 
 COMMANDS: dict[str, str] = {
     "score": "score a submission against train.csv with the competition metric",
@@ -36,15 +43,28 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if only is not None and name != only:
             continue
-        try:
-            module = importlib.import_module(f"kernel_lib.commands.{name.replace('-', '_')}")
-        except ModuleNotFoundError as err:
-            if err.name != f"kernel_lib.commands.{name.replace('-', '_')}":
-                raise
-            continue  # command not built yet
+        module = importlib.import_module(f"kernel_lib.commands.{name.replace('-', '_')}")
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser
+
+
+def _raise_site(err: BaseException) -> str:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+
+
+def raised_by_kernel_lib(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err``'s traceback is kernel_lib code (a message
+    the library wrote for the user) rather than a library it calls."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return True
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
 
 
 def _command_of(argv: list[str]) -> str:
@@ -57,7 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(only=_command_of(argv)).parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (FileNotFoundError, NotADirectoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        if not raised_by_kernel_lib(err):
+            traceback.print_exc()
+            print(
+                f"error: a bug, not bad input: {type(err).__name__} from {_raise_site(err)} "
+                "(kernel_lib let through something it should have checked); please report it with the traceback above",
+                file=sys.stderr,
+            )
+            return 1
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -473,7 +473,10 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
                 raise ValueError(
                     f"--config {opts.base_config}: no such file and not a detectron2 model-zoo config name"
                 ) from None
-        cfg.merge_from_file(str(path))
+        try:
+            cfg.merge_from_file(str(path))
+        except Exception as err:  # yacs and yaml raise many kinds; all mean a config this detectron2 cannot read
+            raise ValueError(f"--config {path}: not a detectron2 config this version reads ({err})") from None
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(CELL_TYPES)
         cfg.MODEL.RETINANET.NUM_CLASSES = len(CELL_TYPES)
         cfg.INPUT.MASK_FORMAT = "bitmask"

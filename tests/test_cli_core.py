@@ -97,3 +97,49 @@ def test_validate_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "missing column(s) ['id', 'predicted']" in err and "header 'id,predicted'" in err
+
+
+def test_a_value_error_from_outside_kernel_lib_is_a_bug_not_bad_input(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The library's own ValueError is the user's one-line error (exit 2); one that numpy
+    raises from a call the library failed to check shows its traceback (exit 1)."""
+    import numpy as np
+
+    import kernel_lib.commands.validate as validate
+
+    def broken(args: object) -> int:
+        np.reshape(np.zeros(3), (2, 2))  # raises inside numpy
+        return 0
+
+    monkeypatch.setattr(validate, "run", broken)
+    assert main(["validate", str(tmp_path / "any.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "a bug, not bad input: ValueError from" in err and "numpy" in err
+
+    monkeypatch.undo()
+    assert main(["validate", str(tmp_path / "missing.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and "missing.csv" in err
+
+
+def test_every_command_module_imports() -> None:
+    """A command whose module fails to import stops the command line (no silent drop):
+    each command's parser is built from its module and parses its required options."""
+    from kernel_lib.__main__ import COMMANDS, build_parser
+
+    required = {
+        "score": ["--truth", "t.csv", "--pred", "s.csv"],
+        "validate": ["s.csv"],
+        "predict": ["--test-dir", "T", "--models", "M"],
+        "evaluate": ["--truth", "t.csv", "--images", "I", "--models", "M"],
+        "tune": ["--truth", "t.csv"],
+        "folds": ["--truth", "t.csv", "--out", "f.csv"],
+        "report": ["--truth", "t.csv"],
+        "train": ["--data", "D", "--folds", "f.csv", "--fold", "0", "--out", "M"],
+        "kaggle-push": ["--models", "M", "--user", "u"],
+    }
+    assert set(required) == set(COMMANDS)
+    for name in COMMANDS:
+        args = build_parser(only=name).parse_args([name, *required[name]])
+        assert callable(args._run), name
