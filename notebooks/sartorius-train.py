@@ -16,59 +16,8 @@
 # (`INIT_WEIGHTS`, e.g. a COCO Mask R-CNN `.pkl`); without one the models train from scratch.
 
 # %%
-# 1. Install detectron2 and kernel_lib from the bundle dataset's wheels (offline), skipping what
-#    is already importable and never changing a package the image already has.
-import importlib.metadata
-import importlib.util
-import os
-import re
-import subprocess
-import sys
-import tempfile
-import zipfile
-from pathlib import Path
-
-KAGGLE_INPUT = Path(os.environ.get("KAGGLE_INPUT", "/kaggle/input"))
-# the bundle under every input layout: <slug>/, competitions/<slug>/, datasets/<owner>/<slug>/
-LAYOUTS = ("*", "competitions/*", "datasets/*/*")
-missing = [name for name in ("detectron2", "kernel_lib") if importlib.util.find_spec(name) is None]
-if missing:
-    found = [p for layout in LAYOUTS for p in sorted(KAGGLE_INPUT.glob(f"{layout}/wheels/sal_detectron2-*.whl"))]
-    found = found or sorted(KAGGLE_INPUT.rglob("sal_detectron2-*.whl"))
-    archives = [p for layout in LAYOUTS for p in sorted(KAGGLE_INPUT.glob(f"{layout}/wheels.zip"))]
-    if not found and archives:  # the dataset's wheels/ folder arrived as an archive: unpack a copy
-        unpacked = Path(tempfile.mkdtemp(prefix="bundle-wheels-"))
-        with zipfile.ZipFile(archives[0]) as archive:
-            archive.extractall(unpacked)
-        found = sorted(unpacked.rglob("sal_detectron2-*.whl"))
-        print(f"unpacked {archives[0]} into {unpacked}")
-    if not found:
-        seen = sorted(str(p.relative_to(KAGGLE_INPUT)) for layout in LAYOUTS for p in KAGGLE_INPUT.glob(layout))
-        raise FileNotFoundError(
-            f"no sal_detectron2 wheel (nor wheels.zip holding one) under {KAGGLE_INPUT}, which holds: "
-            f"{', '.join(seen[:40]) or 'nothing'}{', ...' if len(seen) > 40 else ''}. Add the bundle dataset made by "
-            "build_dataset.py to this notebook (kernel-metadata.json dataset_sources)"
-        )
-    wheels = found[0].parent
-    # Pin every bundled package the image already has to its installed version: pip then never
-    # downgrades (or upgrades) it, and stops with a conflict instead.
-    bundled = {re.sub(r"[-_.]+", "-", p.name.split("-")[0]).lower() for p in wheels.glob("*.whl")}
-    installed = {
-        re.sub(r"[-_.]+", "-", d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()
-    }
-    kept = sorted(f"{name}=={installed[name]}" for name in bundled & installed.keys())
-    constraints = Path(tempfile.mkdtemp(prefix="bundle-")) / "constraints.txt"
-    constraints.write_text("".join(f"{line}\n" for line in kept))
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels)]
-    pip += ["--constraint", str(constraints)]
-    if "detectron2" in missing:  # its dependencies that Kaggle's image lacks come from the same folder
-        subprocess.run([*pip, "sal-detectron2"], check=True)
-    if "kernel_lib" in missing:  # numpy, pandas, opencv and tqdm are Kaggle's own
-        subprocess.run([*pip, "--no-deps", "kernel_lib"], check=True)
-    importlib.invalidate_caches()
-    print(f"installed {', '.join(missing)} from {wheels}; kept as the image has them: {', '.join(kept) or 'none'}")
-else:
-    print("detectron2 and kernel_lib are already importable: nothing to install")
+# 1. Install detectron2 and kernel_lib: the inference notebook's install cell (its first code
+#    cell, notebooks/sartorius-inference.py), which scripts/make_notebooks.py copies here.
 
 # %%
 # 2. Parameters (environment variables override them for a local run).

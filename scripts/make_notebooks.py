@@ -8,7 +8,9 @@ else in the notebook metadata, so that regenerating gives the same file.
 
 Run ``python scripts/make_notebooks.py`` after editing a notebook's .py; ``--check``
 only compares and exits 1 when a committed .ipynb differs (tests run it). Both notebooks
-start with the same offline install cell; the check also fails when the two differ.
+start with the same offline install cell. It is written once, as the inference
+notebook's first code cell; the training notebook's source holds a placeholder cell
+(:data:`INSTALL_PLACEHOLDER`) that this script replaces with it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ NOTEBOOKS = ROOT / "notebooks"
 SOURCES = (NOTEBOOKS / "sartorius-inference.py", NOTEBOOKS / "sartorius-train.py")
 """The percent scripts; each gives the .ipynb of the same name beside it."""
 COMMAND = "python scripts/make_notebooks.py"
+INSTALL_PLACEHOLDER = "# 1. Install detectron2 and kernel_lib: the inference notebook's install cell"
+"""How the placeholder cell of a notebook other than the first starts: it becomes the
+first notebook's first code cell (the offline install)."""
 METADATA = {
     "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
     "language_info": {"name": "python"},
@@ -53,16 +58,35 @@ def first_code_cell(nb: nbformat.NotebookNode) -> str:
     return next((cell.source for cell in nb.cells if cell.cell_type == "code"), "")
 
 
+def with_install_cell(nb: nbformat.NotebookNode, install: str, source: Path) -> nbformat.NotebookNode:
+    """``nb`` with its placeholder cell's source replaced by ``install``.
+
+    Raises:
+        ValueError: ``source`` has no placeholder cell, or more than one.
+    """
+    places = [cell for cell in nb.cells if cell.cell_type == "code" and cell.source.startswith(INSTALL_PLACEHOLDER)]
+    if len(places) != 1:
+        raise ValueError(
+            f"{source}: expected one code cell starting {INSTALL_PLACEHOLDER!r} (where the install cell goes), "
+            f"found {len(places)}"
+        )
+    places[0].source = install
+    return nb
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a notebook is out of date")
     args = parser.parse_args(argv)
-    notebooks = {source: build(source) for source in SOURCES}
-    installs = {first_code_cell(nb) for nb in notebooks.values()}
-    if len(installs) > 1:
-        names = " and ".join(str(source.relative_to(ROOT)) for source in SOURCES)
-        print(f"the install cells (first code cells) of {names} differ: make them the same", file=sys.stderr)
-        return 1
+    first = build(SOURCES[0])
+    install = first_code_cell(first)
+    notebooks = {SOURCES[0]: first}
+    for source in SOURCES[1:]:
+        try:
+            notebooks[source] = with_install_cell(build(source), install, source)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     stale = []
     for source, nb in notebooks.items():
         path = source.with_suffix(".ipynb")

@@ -89,9 +89,17 @@ def test_generator_writes_stable_notebooks_and_check_names_the_command(
     assert f"{sources[1].with_suffix('.ipynb')} is out of date" in err and "run python scripts/make_notebooks.py" in err
     assert "sartorius-inference" not in err  # only the stale one is named
 
-    sources[1].write_text(sources[1].read_text().replace("import zipfile\n", "import zipfile  # unpack\n", 1))
-    assert generator.main([]) == 1  # the two install cells differ: nothing written
-    assert "install cells" in capsys.readouterr().err
+    # the install cell is written once (the inference notebook's): an edit there reaches both
+    sources[0].write_text(sources[0].read_text().replace("import zipfile\n", "import zipfile  # unpack\n", 1))
+    assert generator.main([]) == 0
+    cells = [json.loads(source.with_suffix(".ipynb").read_text())["cells"] for source in sources]
+    installs = ["".join(next(c for c in nb if c["cell_type"] == "code")["source"]) for nb in cells]
+    assert installs[0] == installs[1] and "import zipfile  # unpack" in installs[1]
+    # the training notebook's source must keep its placeholder cell
+    sources[1].write_text(sources[1].read_text().replace(generator.INSTALL_PLACEHOLDER, "# 1. Something else"))
+    capsys.readouterr()
+    assert generator.main([]) == 1
+    assert "where the install cell goes" in capsys.readouterr().err
 
 
 LAYOUTS = {
