@@ -49,22 +49,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_site(err: BaseException) -> str:
+def _raise_site(err: BaseException) -> tuple[str, int] | None:
+    """(file, line) of the innermost frame of ``err``'s traceback (where it was raised)."""
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+    return (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else None
 
 
 def raised_by_kernel_lib(err: BaseException) -> bool:
-    """Whether the innermost frame of ``err``'s traceback is kernel_lib code (a message
-    the library wrote for the user) rather than a library it calls."""
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return True
-    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+    """Whether ``err`` was raised in kernel_lib code (a message the library wrote for the
+    user) rather than in a library it calls."""
+    site = _raise_site(err)
+    return site is None or Path(site[0]).resolve().is_relative_to(PACKAGE)
 
 
 def _command_of(argv: list[str]) -> str:
@@ -83,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         if not raised_by_kernel_lib(err):
             traceback.print_exc()
+            file, line = _raise_site(err) or ("?", 0)
             print(
-                f"error: a bug, not bad input: {type(err).__name__} from {_raise_site(err)} "
+                f"error: a bug, not bad input: {type(err).__name__} from {file}:{line} "
                 "(kernel_lib let through something it should have checked); please report it with the traceback above",
                 file=sys.stderr,
             )

@@ -30,6 +30,11 @@ IMAGE_WIDTH = 704
 IMAGE_SHAPE: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)
 """(height, width) of every competition image."""
 
+NORMALIZATIONS: tuple[str, ...] = ("none", "per_image")
+"""Input normalisations a fold can be trained with (``train --normalization``, meta.json
+``input_normalization``): ``none`` (the pixels as read) or ``per_image``
+(:func:`kernel_lib.images.normalize_image`)."""
+
 IOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 """The metric's IoU thresholds 0.50, 0.55, ..., 0.95."""
 

@@ -15,14 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kernel_lib.config import IMAGE_SHAPE
+from kernel_lib.config import IMAGE_SHAPE, NORMALIZATIONS
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
-NORMALIZATIONS = ("none", "per_image")
-"""Input normalisations a fold can be trained with: ``none`` (the pixels as read) or
-``per_image`` (each image to mean :data:`NORMALIZED_MEAN`, standard deviation
-:data:`NORMALIZED_STD`)."""
 NORMALIZED_MEAN = 128.0
 NORMALIZED_STD = 32.0
 """Target of ``per_image``: the pack's images have means of 126-136 and standard
@@ -145,7 +141,7 @@ def to_model_input(grey: np.ndarray) -> np.ndarray:
 
 
 def normalize_image(grey: np.ndarray, method: str = "none") -> np.ndarray:
-    """(H, W) uint8 grey -> (H, W) uint8 grey under one of :data:`NORMALIZATIONS`.
+    """(H, W) uint8 grey -> (H, W) uint8 grey under one of :data:`kernel_lib.config.NORMALIZATIONS`.
 
     ``per_image``: ``(grey - mean) / std * NORMALIZED_STD + NORMALIZED_MEAN`` with the
     image's own mean and standard deviation, rounded and clipped to 0..255; a flat

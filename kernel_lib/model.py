@@ -303,13 +303,13 @@ InputKey = tuple[int, int, str]
 Models with one key share their inputs."""
 
 
-def _geometry(fm: FoldModel) -> InputKey:
+def _input_key(fm: FoldModel) -> InputKey:
     return fm.min_size, fm.max_size, fm.normalization
 
 
-def views_for(shape: tuple[int, int], geometry: InputKey, ensemble: EnsembleConfig) -> list[View]:
-    """The TTA views of an image of ``shape`` for models of one input geometry."""
-    return make_views(ensemble.tta, ensemble.scales, shape, geometry[0], geometry[1])
+def views_for(shape: tuple[int, int], key: InputKey, ensemble: EnsembleConfig) -> list[View]:
+    """The TTA views of an image of ``shape`` for models of one input key (sizes, normalisation)."""
+    return make_views(ensemble.tta, ensemble.scales, shape, key[0], key[1])
 
 
 class ImageDataset(Dataset):
@@ -321,9 +321,9 @@ class ImageDataset(Dataset):
     trained (:func:`kernel_lib.images.normalize_image`).
     """
 
-    def __init__(self, paths: Sequence[Path], geometries: Sequence[InputKey], ensemble: EnsembleConfig) -> None:
+    def __init__(self, paths: Sequence[Path], keys: Sequence[InputKey], ensemble: EnsembleConfig) -> None:
         self.paths = [Path(p) for p in paths]
-        self.geometries = list(dict.fromkeys(geometries))
+        self.keys = list(dict.fromkeys(keys))
         self.ensemble = ensemble
 
     def __len__(self) -> int:
@@ -336,12 +336,15 @@ class ImageDataset(Dataset):
         except ValueError as err:  # raised again by the main process: one clear line, no worker traceback
             return {"id": path.stem, "error": str(err)}
         inputs: dict[InputKey, list[torch.Tensor]] = {}
-        for geometry in self.geometries:
-            bgr = to_model_input(normalize_image(grey, geometry[2]))
+        bgr_of: dict[str, np.ndarray] = {}  # one normalised copy per normalisation, whatever the sizes
+        for key in self.keys:
+            if key[2] not in bgr_of:
+                bgr_of[key[2]] = to_model_input(normalize_image(grey, key[2]))
+            bgr = bgr_of[key[2]]
             tensors = []
-            for view in views_for(grey.shape, geometry, self.ensemble):
+            for view in views_for(grey.shape, key, self.ensemble):
                 tensors.append(torch.from_numpy(np.ascontiguousarray(view.apply_image(bgr).transpose(2, 0, 1))))
-            inputs[geometry] = tensors
+            inputs[key] = tensors
         return {"id": path.stem, "grey": grey, "inputs": inputs}
 
 
@@ -443,7 +446,7 @@ class EnsemblePredictor:
         self.inference = inference
         self.mask_min_score = mask_min_score
 
-    # one model, one geometry: detection pass -------------------------------------
+    # one model, one input key: detection pass -------------------------------------
     def _detect(
         self, fm: FoldModel, images: list[torch.Tensor], views: list[View], with_masks: bool
     ) -> tuple[list[Any], dict[str, torch.Tensor] | None]:
@@ -512,11 +515,11 @@ class EnsemblePredictor:
         # per model: flat lists over (image, view), grouped into calls by view input shape
         per_model = []
         for fm in self.models:
-            geometry = _geometry(fm)
+            key = _input_key(fm)
             flat = []  # (image index, view, tensor)
             for i, item in enumerate(items):
-                views = views_for(shapes[i], geometry, self.ensemble)
-                flat.extend((i, v, t) for v, t in zip(views, item["inputs"][geometry]))
+                views = views_for(shapes[i], key, self.ensemble)
+                flat.extend((i, v, t) for v, t in zip(views, item["inputs"][key]))
             groups: dict[tuple[int, int], list[tuple[int, View, torch.Tensor]]] = {}
             for entry in flat:
                 groups.setdefault(entry[1].out_shape, []).append(entry)
@@ -625,7 +628,7 @@ def predict(
     for device in devices[1:]:
         replicas.append([fm.to(device) for fm in models])
     predictors = [EnsemblePredictor(r, ensemble, inference, mask_min_score) for r in replicas]
-    dataset = ImageDataset(paths, [_geometry(fm) for fm in models], ensemble)
+    dataset = ImageDataset(paths, [_input_key(fm) for fm in models], ensemble)
     loader = DataLoader(
         dataset,
         batch_size=inference.batch_size,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kernel_lib.config import read_json_object
+from kernel_lib.config import NORMALIZATIONS, read_json_object
 from kernel_lib.outputs import atomic_output
 
 CONFIG_FILE = "config.yaml"
@@ -32,7 +32,7 @@ META_FILE = "meta.json"
 MANIFEST_FILE = "models.json"
 NORMALIZATION_KEY = "input_normalization"
 """meta.json key of the input normalisation a fold was trained with (one of
-:data:`kernel_lib.images.NORMALIZATIONS`; absent: ``none``). Inference applies it."""
+:data:`kernel_lib.config.NORMALIZATIONS`; absent: ``none``). Inference applies it."""
 
 
 def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
@@ -99,10 +99,8 @@ def input_normalization(name: str, meta: dict[str, Any]) -> str:
     ``"none"`` when absent.
 
     Raises:
-        ValueError: a value that is not one of :data:`kernel_lib.images.NORMALIZATIONS`.
+        ValueError: a value that is not one of :data:`kernel_lib.config.NORMALIZATIONS`.
     """
-    from kernel_lib.images import NORMALIZATIONS
-
     value = meta.get(NORMALIZATION_KEY, "none")
     if value not in NORMALIZATIONS:
         raise ValueError(

@@ -280,10 +280,10 @@ def run_inference(
     """Predict every test image and write a validated ``submission.csv``.
 
     With ``config.inference.time_budget_s`` set, a :class:`kernel_lib.budget.BudgetGuard`
-    projects the finish after a first image run alone and after each batch, and runs a lighter ensemble on the remaining
-    images when it would overrun (extra scales, then flip views, then the lowest-weight
-    models; each step logged, each image's in ``runs``); every image still gets
-    predictions.
+    projects the finish after a first image run alone and after each batch, and runs a
+    lighter ensemble on the remaining images when it would overrun (extra scales, then
+    flip views, then the lowest-weight models; each step logged, each image's in
+    ``runs``); every image still gets predictions.
 
     Args:
         test_dir: folder of ``<id>.png`` test images.

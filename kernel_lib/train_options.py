@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernel_lib.config import NORMALIZATIONS
+
 
 @dataclass(frozen=True)
 class AugmentSettings:
@@ -75,7 +77,7 @@ class TrainOptions:
             config's. Keep it in the range of ``min_sizes``.
         augment: :class:`AugmentSettings`.
         normalization: input normalisation, one of
-            :data:`kernel_lib.images.NORMALIZATIONS`: ``"per_image"`` brings every image
+            :data:`kernel_lib.config.NORMALIZATIONS`: ``"per_image"`` brings every image
             to one mean and spread before augmentation (:func:`kernel_lib.images.normalize_image`);
             it is recorded in meta.json (``input_normalization``), and inference applies it.
         eval_period: also score the held-out images every this many iterations (0: only
@@ -141,7 +143,6 @@ class TrainOptions:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         from kernel_lib.d2config import ARCHS  # detectron2: only when options are built, not for --help
-        from kernel_lib.images import NORMALIZATIONS
 
         if not self.base_config and self.arch not in ARCHS:
             raise ValueError(f"arch: expected one of {sorted(ARCHS)}, got {self.arch!r}")

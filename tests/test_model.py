@@ -187,17 +187,17 @@ def test_dataset_normalises_the_inputs_of_a_per_image_model_only(data_dir: Path)
 def test_a_models_normalisation_comes_from_its_meta_json(mixed_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from kernel_lib.model import _geometry
+    from kernel_lib.model import _input_key
     from kernel_lib.model_folder import read_manifest, read_meta, write_meta
 
     name = read_manifest(mixed_dir)[0][0]
     folder = tmp_path / "models" / name
     shutil.copytree(mixed_dir / name, folder)
     (model,) = load_models(tmp_path / "models", _ensemble(), CPU)
-    assert model.normalization == "none" and _geometry(model)[2] == "none"
+    assert model.normalization == "none" and _input_key(model)[2] == "none"
     write_meta(folder, {**read_meta(folder), "input_normalization": "per_image"})
     (model,) = load_models(tmp_path / "models", _ensemble(), CPU)
-    assert model.normalization == "per_image" and _geometry(model) == (model.min_size, model.max_size, "per_image")
+    assert model.normalization == "per_image" and _input_key(model) == (model.min_size, model.max_size, "per_image")
     write_meta(folder, {**read_meta(folder), "input_normalization": "zscore"})
     must = rf"model {name}: meta.json 'input_normalization' must be one of none, per_image"
     with pytest.raises(ValueError, match=must):

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kernel_lib.config import NORMALIZATIONS
+from kernel_lib.train_options import AugmentSettings, TrainOptions  # torch-free: --help stays light
+
 
 def _sizes(text: str) -> tuple[int, ...]:
     try:
@@ -112,7 +115,7 @@ OPTIONS: tuple[Option, ...] = (
         "normalization",
         "input normalisation: per_image brings each image to one mean and "
         "spread (recorded in meta.json, applied by inference)",
-        choices=("none", "per_image"),
+        choices=NORMALIZATIONS,
     ),
     _o("--eval-period", "eval_period", "also score held-out images every N iterations (0: at the end only)", parse=int),
     _o("--eval-config", "eval_config", "pipeline config JSON for held-out scoring (tune's)"),
@@ -137,8 +140,6 @@ OPTIONS: tuple[Option, ...] = (
 def _defaults() -> dict[str, Any]:
     """Field -> default of TrainOptions and (as ``augment.<name>``) AugmentSettings;
     fields without a default are left out."""
-    from kernel_lib.train_options import AugmentSettings, TrainOptions
-
     out: dict[str, Any] = {}
     for prefix, cls in (("", TrainOptions), ("augment.", AugmentSettings)):
         for f in dataclasses.fields(cls):
@@ -176,10 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options_from(args: argparse.Namespace, fold: int) -> Any:
+def options_from(args: argparse.Namespace, fold: int) -> TrainOptions:
     """The :class:`~kernel_lib.train_options.TrainOptions` of parsed ``args`` for one fold."""
-    from kernel_lib.train_options import AugmentSettings, TrainOptions
-
     values: dict[str, Any] = {}
     augment: dict[str, Any] = {}
     for opt in OPTIONS:
