@@ -11,13 +11,18 @@ demonstration models' ``tiny=True`` option, itself for tests, uses
 - :func:`simulate_instances`, :func:`soft_from_masks`, :func:`write_synthetic_cache`:
   model-like instances made from the truth, as hard masks, as soft instances and as
   an ``evaluate`` cache, for ``tune`` and ``report`` without trained models;
-- :func:`shrink_config`: a test-sized detectron2 config.
+- :func:`shrink_config`: a test-sized detectron2 config;
+- :func:`load_script`: one of the project's scripts (``build_dataset.py``,
+  ``scripts/*.py``) imported as a module.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
     from detectron2.config import CfgNode
 
 __all__ = [
+    "load_script",
     "mask_iou_matrix",
     "reference_rle_encode",
     "shrink_config",
@@ -199,3 +205,18 @@ def write_synthetic_cache(
         entries.append(CacheEntry(image_id, path, "synthetic", ("synthetic",), None))
     write_manifest(cache_dir, entries, config or Config())
     return [e.id for e in entries]
+
+
+def load_script(path: str | Path, name: str) -> ModuleType:
+    """Import the Python file ``path`` (a script, not a package module) as module ``name``.
+
+    The module is registered in ``sys.modules`` under ``name`` before it runs, as
+    dataclasses defined in it need; give each caller that wants its own copy its own name.
+    """
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"load_script: {path} is not a Python file that can be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

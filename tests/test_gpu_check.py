@@ -3,7 +3,6 @@ the GPU machine, at toy sizes, against a bundle staged offline from this checkou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from kernel_lib.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,11 +25,7 @@ def _offline_bundle(folder: Path) -> Path:
     detectron2 = sorted((ROOT / "wheels").glob("sal_detectron2-*.whl"))
     if not detectron2:
         pytest.skip("wheels/sal_detectron2-*.whl not built: run scripts/setup_env.sh")
-    spec = importlib.util.spec_from_file_location("build_dataset", ROOT / "build_dataset.py")
-    assert spec is not None and spec.loader is not None
-    build_dataset = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("build_dataset", build_dataset)  # its dataclasses look their module up
-    spec.loader.exec_module(build_dataset)
+    build_dataset = load_script(ROOT / "build_dataset.py", "build_dataset")
     wheels = folder / "wheels"
     wheels.mkdir(parents=True)
     shutil.copy2(detectron2[0], wheels)

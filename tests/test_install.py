@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -28,16 +27,14 @@ from types import ModuleType
 
 import pytest
 
+from kernel_lib.testing import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
 
 
 def load_wheelhouse() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("wheelhouse_for_install", ROOT / "scripts" / "wheelhouse.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "wheelhouse.py", "wheelhouse_for_install")
 
 
 def install_cell() -> str:

@@ -7,7 +7,6 @@ build_dataset.py. Invalid metadata must be refused before any request is made.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -20,6 +19,8 @@ from types import ModuleType
 import pytest
 from kaggle_stub import USER, StubKaggle
 
+from kernel_lib.testing import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = Path(sys.executable).parent / "kaggle"
 COMPETITION = "sartorius-cell-instance-segmentation"
@@ -27,12 +28,7 @@ TIMEOUT_S = 60
 
 
 def load_build_dataset() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_dataset", ROOT / "build_dataset.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["build_dataset"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "build_dataset.py", "build_dataset")
 
 
 @pytest.fixture(scope="module")

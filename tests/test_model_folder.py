@@ -90,17 +90,17 @@ def test_reading_model_folders_for_evaluation_loads_no_torch(tmp_path: Path) -> 
     assert out.split() == ["fold0", "0", "False"]
 
 
-def test_broken_json_files_name_the_file_and_the_fix(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("file", "text", "message"),
+    [
+        ("fold0/meta.json", "{fold: 0", r"model fold0: .*fold0/meta\.json is not valid JSON \(Expecting"),
+        ("fold0/meta.json", "[0]", r"model fold0: .*meta\.json: expected a JSON object, got list$"),
+        ("models.json", "[]", r"models\.json: expected a JSON object, got list; fix it or delete it"),
+        ("models.json", "{", r"models\.json is not valid JSON .*; fix it or delete it"),
+    ],
+)
+def test_broken_json_files_name_the_file_and_the_fix(tmp_path: Path, file: str, text: str, message: str) -> None:
     folder = _fold(tmp_path, "fold0", 0)
-    (folder / "meta.json").write_text("{fold: 0")
-    with pytest.raises(ValueError, match=r"model fold0: .*fold0/meta\.json is not valid JSON \(Expecting"):
-        read_meta(folder)
-    (folder / "meta.json").write_text("[0]")
-    with pytest.raises(ValueError, match=r"model fold0: .*meta\.json: expected a JSON object, got list$"):
-        read_meta(folder)
-    (tmp_path / "models.json").write_text("[]")
-    with pytest.raises(ValueError, match=r"models\.json: expected a JSON object, got list; fix it or delete it"):
-        read_manifest(tmp_path)
-    (tmp_path / "models.json").write_text("{")
-    with pytest.raises(ValueError, match=r"models\.json is not valid JSON .*; fix it or delete it"):
-        read_manifest(tmp_path)
+    (tmp_path / file).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_meta(folder) if file.endswith("meta.json") else read_manifest(tmp_path)

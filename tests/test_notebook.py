@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 
 from kernel_lib.config import IMAGE_SHAPE, Config, EnsembleConfig, config_for_models
+from kernel_lib.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
@@ -56,11 +57,7 @@ def test_committed_notebook_is_generated_clean_and_thin() -> None:
 
 
 def _generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "scripts" / "make_notebooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "scripts" / "make_notebooks.py", "make_notebooks")
 
 
 def test_generator_writes_stable_notebooks_and_check_names_the_command(

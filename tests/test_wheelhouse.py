@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from kernel_lib.testing import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "scripts" / "wheelhouse.py")
-assert spec and spec.loader
-wheelhouse = importlib.util.module_from_spec(spec)
-sys.modules["wheelhouse"] = wheelhouse
-spec.loader.exec_module(wheelhouse)
+wheelhouse = load_script(ROOT / "scripts" / "wheelhouse.py", "wheelhouse")
 
 
 def test_wrong_hash_stops_with_a_clear_error(tmp_path: Path) -> None:
