@@ -85,16 +85,15 @@ class GainTable:
         self.rows: list[dict[str, object]] = []
         self.ensemble_of = f"ensemble of {len(self.names)}"
 
+    def evaluate_on(self, images: Path, models_dir: Path, config: Config, cache: str) -> Evaluation:
+        """One evaluate run on ``images`` with the work folder's cache ``cache`` (no row)."""
+        return evaluate(
+            self.truth, images, models_dir, config=config, cache_dir=self.work / "cache" / cache, progress=False
+        )
+
     def run_row(self, what: str, models_dir: Path, config: Config, cache: str) -> Evaluation:
         start = time.perf_counter()
-        ev = evaluate(
-            self.truth,
-            self.holdout_dir,
-            models_dir,
-            config=config,
-            cache_dir=self.work / "cache" / cache,
-            progress=False,
-        )
+        ev = self.evaluate_on(self.holdout_dir, models_dir, config, cache)
         self.rows.append(_row(what, ev))
         print(f"{what:<58} {self.rows[-1]['score']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
         return ev
@@ -110,37 +109,39 @@ class GainTable:
             scores[name] = self.run_row(f"{name} alone, roi, identity + hflip", one, self.base, f"one_{name}")
         best = max(scores, key=lambda n: scores[n].report.score)
         if not self.args.lite:
-            config = self.ens(tta=("identity",))
+            config = self.identity
             self.run_row(f"{best} alone (best fold), identity", self.work / "one" / best, config, f"one_{best}_id")
 
     def methods(self) -> None:
         """roi through evaluate; the instance-level methods fuse one shared set of per-view
         model outputs (the models run once for all four)."""
         self.run_row(f"{self.ensemble_of}, roi, identity + hflip", self.models, self.ens(method="roi"), "ens_roi")
-        shared = self.ens(tta=("identity",)) if self.args.lite else self.base
+        shared = self.identity if self.args.lite else self.base
         views = " + ".join(shared.ensemble.tta)
         fused = _instance_methods(self.models, self.holdout_dir, self.truth, shared, ("wmf", "mask_nms", "vote", "nmw"))
         for method, row in fused:
             self.rows.append({"what": f"{self.ensemble_of}, {method}, {views}", **row})
             print(f"{self.rows[-1]['what']:<58} {row['score']:.4f}", flush=True)
 
-    def tta(self, only_identity: bool = False) -> dict[str, Evaluation]:
+    def tta(self) -> None:
         """The roi ensemble under each TTA (identity only with --quick / --lite)."""
         base = self.base.ensemble
         rows: list[tuple[str, EnsembleConfig]] = [
-            ("identity", replace(base, tta=("identity",))),
+            ("identity", self.identity.ensemble),
             ("identity + vflip", replace(base, tta=("identity", "vflip"))),
             ("all four flips", replace(base, tta=("identity", "hflip", "vflip", "hvflip"))),
             ("identity + hflip, scales 1 and 1.25", replace(base, scales=(1.0, 1.25))),
         ]
-        if only_identity or self.args.quick or self.args.lite:
+        if self.args.quick or self.args.lite:
             rows = rows[:1]
-        return {
-            label: self.run_row(
-                f"{self.ensemble_of}, roi, {label}", self.models, self.base.replace(ensemble=e), f"tta_{label}"
-            )
-            for label, e in rows
-        }
+        for label, ensemble in rows:
+            config = self.base.replace(ensemble=ensemble)
+            self.run_row(f"{self.ensemble_of}, roi, {label}", self.models, config, f"tta_{label}")
+
+    @property
+    def identity(self) -> Config:
+        """The default config on the identity view alone (the TTA group's first row)."""
+        return self.ens(tta=("identity",))
 
     def fp32(self) -> None:
         """float32 on the CPU (lite: identity view, first 5 images, beside bfloat16 on the same images)."""
@@ -151,12 +152,10 @@ class GainTable:
         few = self.holdout_ids[:5]
         few_dir = _link_images(few, self.data / "train", self.work / "holdout_images_5")
         config = fp32.replace(ensemble=replace(fp32.ensemble, tta=("identity",)))
-        ev = evaluate(
-            self.truth, few_dir, self.models, config=config, cache_dir=self.work / "cache" / "fp32_5", progress=False
-        )
+        ev = self.evaluate_on(few_dir, self.models, config, "fp32_5")
         self.rows.append(_row(f"{self.ensemble_of}, roi, identity, float32 ({len(few)} images)", ev))
-        bf = self.tta(only_identity=True)["identity"].report.per_image
-        self.rows.pop()  # the identity row again (cached); only its images are wanted here
+        # bfloat16 on the same images: the TTA group's identity run (from its cache when it ran)
+        bf = self.evaluate_on(self.holdout_dir, self.models, self.identity, "tta_identity").report.per_image
         bf = bf[bf["id"].isin(few)]
         self.rows.append(
             {
@@ -170,7 +169,7 @@ class GainTable:
 
     def tuned(self) -> None:
         """Post-processing tuned out-of-fold on the folds' held-out images, applied to the holdout."""
-        oof_base = self.ens(tta=("identity",)) if self.args.lite else self.base
+        oof_base = self.identity if self.args.lite else self.base
         folds = pd.read_csv(self.folds_csv)
         tuned = _tune_out_of_fold(
             self.truth, self.data, folds, self.folds_csv, self.models, oof_base, self.work, self.args.trials,
