@@ -16,7 +16,8 @@ competition metric; seconds per image are the prediction wall time over the imag
   AMX: the difference is the cost of that default);
 - the roi ensemble with post-processing tuned by :func:`kernel_lib.tune.tune_postprocess`
   on the out-of-fold predictions of the folds' own held-out images (``folds.csv``: each
-  image predicted by the fold that did not train on it), applied to the holdout.
+  image predicted by the fold that did not train on it), applied to the holdout; and
+  each instance-level method with that tuned post-processing.
 
 Nothing here trains; the holdout is never tuned on.
 """
@@ -116,11 +117,14 @@ class GainTable:
         """roi through evaluate; the instance-level methods fuse one shared set of per-view
         model outputs (the models run once for all four)."""
         self.run_row(f"{self.ensemble_of}, roi, identity + hflip", self.models, self.ens(method="roi"), "ens_roi")
-        shared = self.identity if self.args.lite else self.base
+        self.instance_method_rows(self.identity if self.args.lite else self.base, "")
+
+    def instance_method_rows(self, shared: Config, suffix: str) -> None:
+        """One row per instance-level method, all fusing one shared model pass under ``shared``."""
         views = " + ".join(shared.ensemble.tta)
-        fused = _instance_methods(self.models, self.holdout_dir, self.truth, shared, ("wmf", "mask_nms", "vote", "nmw"))
+        fused = _instance_methods(self.models, self.holdout_dir, self.truth, shared, INSTANCE_METHODS)
         for method, row in fused:
-            self.rows.append({"what": f"{self.ensemble_of}, {method}, {views}", **row})
+            self.rows.append({"what": f"{self.ensemble_of}, {method}, {views}{suffix}", **row})
             print(f"{self.rows[-1]['what']:<58} {row['score']:.4f}", flush=True)
 
     def tta(self) -> None:
@@ -180,9 +184,13 @@ class GainTable:
         self.run_row(
             f"{self.ensemble_of}, roi, identity + hflip, tuned post-processing", self.models, config, "ens_roi"
         )
+        self.instance_method_rows(config, ", tuned post-processing")
         config.to_json(self.work / "best_config.json")
         print(f"tuned config: {self.work / 'best_config.json'}")
 
+
+INSTANCE_METHODS = ("wmf", "mask_nms", "vote", "nmw")
+"""The ensemble methods that fuse instances (``roi`` merges boxes inside the model pass)."""
 
 GROUPS = ("singles", "methods", "tta", "fp32", "tuned")
 """Row groups (``--groups``), in the table's order: each fold alone; the ensemble
