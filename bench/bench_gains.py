@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kernel_lib.config import Config, EnsembleConfig, load_config
+from kernel_lib.config import ENSEMBLE_METHODS, Config, EnsembleConfig, InferenceConfig, load_config
 from kernel_lib.evaluate import Evaluation, evaluate
 from kernel_lib.model_folder import read_manifest
 from kernel_lib.tune import InstanceTable, images_from_cache, tune_postprocess
@@ -85,6 +85,7 @@ class GainTable:
         self.holdout_dir = _link_images(self.holdout_ids, self.data / "train", self.work / "holdout_images")
         self.rows: list[dict[str, object]] = []
         self.ensemble_of = f"ensemble of {len(self.names)}"
+        self.per_view: dict[tuple[EnsembleConfig, InferenceConfig], tuple[dict[str, object], float]] = {}
 
     def evaluate_on(self, images: Path, models_dir: Path, config: Config, cache: str) -> Evaluation:
         """One evaluate run on ``images`` with the work folder's cache ``cache`` (no row)."""
@@ -122,7 +123,10 @@ class GainTable:
     def instance_method_rows(self, shared: Config, suffix: str) -> None:
         """One row per instance-level method, all fusing one shared model pass under ``shared``."""
         views = " + ".join(shared.ensemble.tta)
-        fused = _instance_methods(self.models, self.holdout_dir, self.truth, shared, INSTANCE_METHODS)
+        key = (replace(shared.ensemble, method=INSTANCE_METHODS[0]), shared.inference)
+        if key not in self.per_view:  # the tuned group reuses the methods group's model pass
+            self.per_view[key] = _per_view_outputs(self.models, self.holdout_dir, shared)
+        fused = _instance_methods(*self.per_view[key], self.truth, shared, INSTANCE_METHODS)
         for method, row in fused:
             self.rows.append({"what": f"{self.ensemble_of}, {method}, {views}{suffix}", **row})
             print(f"{self.rows[-1]['what']:<58} {row['score']:.4f}", flush=True)
@@ -189,7 +193,7 @@ class GainTable:
         print(f"tuned config: {self.work / 'best_config.json'}")
 
 
-INSTANCE_METHODS = ("wmf", "mask_nms", "vote", "nmw")
+INSTANCE_METHODS = tuple(method for method in ENSEMBLE_METHODS if method != "roi")
 """The ensemble methods that fuse instances (``roi`` merges boxes inside the model pass)."""
 
 GROUPS = ("singles", "methods", "tta", "fp32", "tuned")
@@ -205,26 +209,33 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     return table.rows
 
 
-def _instance_methods(
-    models: Path, images: Path, truth_csv: Path, base: Config, methods: tuple[str, ...]
-) -> list[tuple[str, dict[str, object]]]:
-    """Score each instance-level method on the same per-view outputs (models run once).
-
-    Seconds per image: the shared model pass plus that method's fusion, over the images.
-    """
-    from kernel_lib.evaluate import compact, read_truth, score_instances
+def _per_view_outputs(models: Path, images: Path, base: Config) -> tuple[dict[str, object], float]:
+    """The models' per-view outputs on ``images`` under ``base`` (method: an instance-level
+    one, so nothing is fused yet), and the seconds the pass took (loading included)."""
     from kernel_lib.images import list_images
     from kernel_lib.model import predict
-    from kernel_lib.pipeline import fuse_outputs, load_models
+    from kernel_lib.pipeline import load_models
 
-    per_view = base.replace(ensemble=replace(base.ensemble, method=methods[0]))
+    per_view = base.replace(ensemble=replace(base.ensemble, method=INSTANCE_METHODS[0]))
     start = time.perf_counter()
     loaded = load_models(models, per_view)
     paths = list_images(images)
     outputs = {
         i: out for i, _grey, out in predict(paths, loaded, per_view.ensemble, per_view.inference, progress=False)
     }
-    model_seconds = time.perf_counter() - start
+    return outputs, time.perf_counter() - start
+
+
+def _instance_methods(
+    outputs: dict[str, object], model_seconds: float, truth_csv: Path, base: Config, methods: tuple[str, ...]
+) -> list[tuple[str, dict[str, object]]]:
+    """Score each instance-level method on the same per-view outputs (:func:`_per_view_outputs`).
+
+    Seconds per image: the shared model pass plus that method's fusion, over the images.
+    """
+    from kernel_lib.evaluate import compact, read_truth, score_instances
+    from kernel_lib.pipeline import fuse_outputs
+
     truth = read_truth(truth_csv, ids=outputs)
     out = []
     for method in methods:
