@@ -20,6 +20,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,50 @@ def fold_of(name: str, meta: dict[str, Any]) -> int | None:
         return int(meta["fold"])
     match = re.search(r"fold\D*(\d+)", name, flags=re.IGNORECASE)
     return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class FoldSource:
+    """A fold folder that a training run starts from, to continue it (``train --init-weights FOLDER``).
+
+    Attributes:
+        folder: the fold folder (config.yaml, model_final.pth, meta.json).
+        meta: its meta.json.
+    """
+
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / WEIGHTS_FILE
+
+    @property
+    def total_iters(self) -> int:
+        """Iterations behind its weights: its own ``total_iters`` (a continued fold), else ``iters``."""
+        value = self.meta.get("total_iters", self.meta.get("iters", 0))
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def fold_source(init_weights: str | Path) -> FoldSource | None:
+    """The fold folder that initial weights come from: ``init_weights`` itself when it is a
+    folder, or the folder of a ``model_final.pth`` with a meta.json beside it; None for
+    any other weights file (a COCO .pkl, a checkpoint of elsewhere).
+
+    Raises:
+        ValueError: a folder without model_final.pth and meta.json.
+    """
+    path = Path(init_weights)
+    if path.is_dir():
+        if not (path / WEIGHTS_FILE).is_file() or not (path / META_FILE).is_file():
+            raise ValueError(
+                f"--init-weights {path}: a folder must be a fold folder with {WEIGHTS_FILE} and {META_FILE} "
+                "(what train writes); name a weights file otherwise"
+            )
+        return FoldSource(path, read_meta(path))
+    if path.name == WEIGHTS_FILE and (path.parent / META_FILE).is_file():
+        return FoldSource(path.parent, read_meta(path.parent))
+    return None
 
 
 def input_normalization(name: str, meta: dict[str, Any]) -> str:

@@ -18,9 +18,10 @@ vertical flips, exact 90-degree rotations, brightness and contrast; mixed precis
 CUDA; several GPUs through ``detectron2.engine.launch`` (one process per GPU, DDP).
 Weights start from a local file only; with none the model trains from scratch (then
 the backbone's frozen batch-norm layers, which would stay at their random start,
-become GroupNorm and no stage is frozen). At the end the fold's held-out images are
-predicted by the bundle's own pipeline (:mod:`kernel_lib.pipeline`) and scored with
-the competition metric (:mod:`kernel_lib.metric`).
+become GroupNorm and no stage is frozen). A fold folder as initial weights continues
+that fold (same split, architecture and normalisation; meta.json records the chain).
+At the end the fold's held-out images are predicted by the bundle's own pipeline
+(:mod:`kernel_lib.pipeline`) and scored with the competition metric (:mod:`kernel_lib.metric`).
 
 Images are read by :func:`kernel_lib.images.read_image` / ``normalize_image`` /
 ``to_model_input``, exactly as inference reads them; a fold trained with
@@ -62,7 +63,7 @@ from kernel_lib.data import TrainingData, load_dataset_dicts, record_masks
 from kernel_lib.folds import read_folds
 from kernel_lib.images import normalize_image, read_image, to_model_input
 from kernel_lib.masks import CropMasks
-from kernel_lib.model_folder import CONFIG_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, write_meta
+from kernel_lib.model_folder import CONFIG_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, fold_source, write_meta
 from kernel_lib.outputs import atomic_output
 from kernel_lib.train_options import AugmentSettings, TrainOptions
 
@@ -483,16 +484,10 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
     else:
         cfg = sartorius_config(opts.arch)
     cfg.MODEL.DEVICE = device
-    if opts.init_weights:
-        weights = Path(opts.init_weights)
-        if "://" in opts.init_weights or not weights.is_file():
-            raise ValueError(
-                f"--init-weights {opts.init_weights}: expected a local .pth/.pkl file (no download at run time); "
-                "omit it to train from scratch"
-            )
-        cfg.MODEL.WEIGHTS = str(weights.resolve())
-    else:
-        cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.WEIGHTS = str(_initial_weights(opts) or "")
+    source = fold_source(opts.init_weights) if opts.init_weights else None
+    if not opts.init_weights or (source is not None and source.meta.get("from_scratch")):
+        # from scratch, or continuing a fold that was: the same normalisation layers
         if cfg.MODEL.RESNETS.NORM == "FrozenBN":
             cfg.MODEL.RESNETS.NORM = "GN"
             cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
@@ -528,6 +523,55 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
         except (KeyError, ValueError, AssertionError) as err:
             raise ValueError(f"--set {' '.join(opts.overrides)}: {err}") from None
     return cfg
+
+
+def _initial_weights(opts: TrainOptions) -> Path | None:
+    """The weights file a run starts from (None: from scratch): ``init_weights``, or the
+    model_final.pth of the fold folder it names.
+
+    Raises:
+        ValueError: not a local file, or a folder that is not a fold folder.
+    """
+    if not opts.init_weights:
+        return None
+    if "://" not in opts.init_weights:
+        source = fold_source(opts.init_weights)
+        weights = source.weights if source else Path(opts.init_weights)
+        if weights.is_file():
+            return weights.resolve()
+    raise ValueError(
+        f"--init-weights {opts.init_weights}: expected a local .pth/.pkl file or a fold folder "
+        "(no download at run time); omit it to train from scratch"
+    )
+
+
+def check_continuation(opts: TrainOptions, split: FoldSplit) -> None:
+    """A run that continues a fold folder (``--init-weights FOLDER``) must keep what that
+    fold's weights and scores depend on: the architecture, the input normalisation and
+    the held-out images (else it would train on images it is then scored on).
+
+    Raises:
+        ValueError: naming the fold folder, what it was trained with and the option to pass.
+    """
+    source = fold_source(opts.init_weights) if opts.init_weights else None
+    if source is None:
+        return
+    meta, where = source.meta, f"--init-weights {source.folder}"
+    arch = meta.get("arch")
+    if not opts.base_config and arch and arch != opts.arch:
+        raise ValueError(f"{where}: that fold is --arch {arch}, this run --arch {opts.arch}; pass --arch {arch}")
+    trained = meta.get(NORMALIZATION_KEY, "none")
+    if trained != opts.normalization:
+        raise ValueError(
+            f"{where}: that fold was trained with --normalization {trained}, this run has "
+            f"{opts.normalization}; pass --normalization {trained}"
+        )
+    heldout = meta.get("heldout_ids")
+    if isinstance(heldout, list) and sorted(heldout) != sorted(split.heldout_ids):
+        raise ValueError(
+            f"{where}: that fold held out other images than fold {opts.fold} of {opts.folds_csv}, so this run "
+            "would train on images that fold is scored on; pass the folds file and --fold it was trained with"
+        )
 
 
 # ------------------------------------------------------------------------------- scoring
@@ -770,14 +814,32 @@ def _data_meta(opts: TrainOptions, data: _FoldData) -> dict[str, Any]:
         "name": opts.fold_name,
         "arch": "" if opts.base_config else opts.arch,
         "base_config": opts.base_config or f"kernel_lib.d2config.sartorius_config({opts.arch!r})",
-        "init_weights": opts.init_weights or None,
-        "from_scratch": not opts.init_weights,
+        **_start_meta(opts),
         "folds_csv": str(opts.folds_csv),
         "data_dir": str(opts.data_dir),
         "train_images": len(data.train.dicts),
         "train_instances": sum(len(r["annotations"]) for r in data.train.dicts),
         "heldout_ids": list(data.split.heldout_ids),
         "annotation_problems": problems,
+    }
+
+
+def _start_meta(opts: TrainOptions) -> dict[str, Any]:
+    """meta.json: what the weights started from. A run that continues a fold folder is
+    from scratch when that fold was, names it (``continues``: its iterations and held-out
+    score) and counts ``total_iters`` over the whole chain."""
+    source = fold_source(opts.init_weights) if opts.init_weights else None
+    return {
+        "init_weights": opts.init_weights or None,
+        "from_scratch": bool(source.meta.get("from_scratch")) if source else not opts.init_weights,
+        "continues": None
+        if source is None
+        else {
+            "folder": str(source.folder),
+            "iters": source.total_iters,
+            "heldout_score": source.meta.get("heldout_score"),
+        },
+        "total_iters": opts.iters + (source.total_iters if source else 0),
     }
 
 
@@ -940,7 +1002,7 @@ def train_fold(opts: TrainOptions) -> TrainResult:
         ValueError: bad options, folds file, data folder or initial weights.
     """
     device = opts.resolved_device()
-    fold_split(opts.folds_csv, opts.fold)  # fail early, before any process starts
+    check_continuation(opts, fold_split(opts.folds_csv, opts.fold))  # fail early, before any process starts
     build_config(opts, device)
     fold_dir = opts.fold_dir
     if (fold_dir / "model_final.pth").exists() and not opts.resume:

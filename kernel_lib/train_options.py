@@ -59,7 +59,9 @@ class TrainOptions:
         base_config: a detectron2 config file or model-zoo name; "" uses
             :func:`~kernel_lib.d2config.sartorius_config` (``arch``).
         arch: a key of :data:`kernel_lib.d2config.ARCHS` (when ``base_config`` is "").
-        init_weights: local .pth/.pkl file to start from; "" trains from scratch.
+        init_weights: local .pth/.pkl file to start from, or a fold folder of this project
+            to continue (its model_final.pth; same split, architecture and normalisation);
+            "" trains from scratch.
         iters: training iterations (>= 1).
         batch: images per iteration, over all GPUs (>= 1, a multiple of ``num_gpus``).
         lr: base learning rate; 0 gives 0.02 * batch / 16 (linear scaling of the

@@ -339,6 +339,61 @@ def test_existing_fold_folder_is_not_overwritten(
     assert "already holds a trained model" in capsys.readouterr().err
 
 
+def _continue_args(tiny_run: Path, data_dir: Path, fold: int, out: str, *extra: str) -> list[str]:
+    return [
+        "train", "--data", str(data_dir), "--folds", str(tiny_run / "folds.csv"), "--fold", str(fold),
+        "--out", str(tiny_run / out), "--iters", "1", "--batch", "2", "--device", "cpu",
+        "--min-sizes", "96", "--max-size", "160", "--test-size", "96", "--workers", "0", "--no-heldout",
+        "--init-weights", str(tiny_run / "models" / "fold1"), *extra,
+        "--set", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
+    ]  # fmt: skip
+
+
+def test_a_fold_folder_as_initial_weights_continues_that_fold(tiny_run: Path, data_dir: Path) -> None:
+    """--init-weights FOLD_DIR: the fold's weights and GroupNorm layers, meta.json counting the chain."""
+    source = tiny_run / "models" / "fold1"
+    code = main(_continue_args(tiny_run, data_dir, 1, "continued", "--normalization", "per_image"))
+    assert code == 0
+    fold = tiny_run / "continued" / "fold1"
+    meta = json.loads((fold / "meta.json").read_text())
+    assert meta["from_scratch"] is True  # the chain started from scratch
+    before = json.loads((source / "meta.json").read_text())
+    assert meta["continues"] == {"folder": str(source), "iters": 2, "heldout_score": before["heldout_score"]}
+    assert (meta["iters"], meta["total_iters"]) == (1, 2 + 1)
+    cfg = (fold / "config.yaml").read_text()
+    assert cfg.count("NORM: GN") >= 2 and "NORM: FrozenBN" not in cfg  # the source's layers, not COCO's
+    # it started from the source's weights: one SGD step moves them by a few percent at most
+    # (another random start would be about sqrt(2) = 141% away)
+    start = torch.load(source / "model_final.pth", weights_only=True)["model"]
+    end = torch.load(fold / "model_final.pth", weights_only=True)["model"]
+    assert set(start) == set(end)
+    for key in ("backbone.bottom_up.stem.conv1.weight", "backbone.fpn_output2.weight"):
+        a, b = start[key].float(), end[key].float()
+        assert torch.linalg.vector_norm(b - a) < 0.05 * torch.linalg.vector_norm(a), key
+    # a weights file with meta.json beside it is the same source as its folder
+    opts = _options(tmp_path=tiny_run, init_weights=str(source / "model_final.pth"), normalization="per_image")
+    weights = build_config(opts, "cpu").MODEL.WEIGHTS
+    assert weights == str((source / "model_final.pth").resolve())
+
+
+def test_continuing_a_fold_refuses_what_would_change_its_meaning(
+    tiny_run: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the source fold was trained with per-image normalisation
+    assert main(_continue_args(tiny_run, data_dir, 1, "refused")) == 2
+    assert "pass --normalization per_image" in capsys.readouterr().err
+    # fold 0 holds out other images than the source fold 1: it would train on them
+    assert main(_continue_args(tiny_run, data_dir, 0, "refused", "--normalization", "per_image")) == 2
+    assert "held out other images" in capsys.readouterr().err
+    assert main(_continue_args(tiny_run, data_dir, 1, "refused", "--normalization", "per_image", "--arch", "R101")) == 2
+    assert "pass --arch R50" in capsys.readouterr().err
+    assert not (tiny_run / "refused").exists()
+    empty = tiny_run / "not-a-fold"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="must be a fold folder"):
+        build_config(_options(tiny_run, init_weights=str(empty)), "cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_mixed_precision_run(data_dir: Path, tmp_path: Path) -> None:

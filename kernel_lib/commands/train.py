@@ -84,7 +84,11 @@ OPTIONS: tuple[Option, ...] = (
         "arch",
         "kernel_lib.d2config architecture: R50, R101, X101, cascade, or R50-narrow (6 M parameters, from scratch)",
     ),
-    _o("--init-weights", "init_weights", "local .pth/.pkl to start from (default: from scratch)"),
+    _o(
+        "--init-weights",
+        "init_weights",
+        "local .pth/.pkl to start from, or a fold folder to continue (default: from scratch)",
+    ),
     _o("--iters", "iters", "training iterations", parse=int),
     _o("--batch", "batch", "images per iteration over all GPUs", parse=int),
     _o("--lr", "lr", "base learning rate (0: 0.02 * batch / 16)", parse=float),
