@@ -17,7 +17,8 @@ competition metric; seconds per image are the prediction wall time over the imag
 - the roi ensemble with post-processing tuned by :func:`kernel_lib.tune.tune_postprocess`
   on the out-of-fold predictions of the folds' own held-out images (``folds.csv``: each
   image predicted by the fold that did not train on it), applied to the holdout; and
-  each instance-level method with that tuned post-processing.
+  each instance-level method with that tuned post-processing (also on all four flips:
+  the ``tuned_tta`` group).
 
 Nothing here trains; the holdout is never tuned on.
 """
@@ -192,13 +193,24 @@ class GainTable:
         config.to_json(self.work / "best_config.json")
         print(f"tuned config: {self.work / 'best_config.json'}")
 
+    def tuned_tta(self) -> None:
+        """The instance-level methods with the tuned post-processing on all four flips
+        (the tuned group's ``best_config.json`` in the work folder; one shared model pass)."""
+        path = self.work / "best_config.json"
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist: run the tuned group first with this --work")
+        tuned = load_config(path)
+        four = tuned.replace(ensemble=replace(tuned.ensemble, tta=("identity", "hflip", "vflip", "hvflip")))
+        self.instance_method_rows(four, ", tuned post-processing")
+
 
 INSTANCE_METHODS = tuple(method for method in ENSEMBLE_METHODS if method != "roi")
 """The ensemble methods that fuse instances (``roi`` merges boxes inside the model pass)."""
 
-GROUPS = ("singles", "methods", "tta", "fp32", "tuned")
+GROUPS = ("singles", "methods", "tta", "fp32", "tuned", "tuned_tta")
 """Row groups (``--groups``), in the table's order: each fold alone; the ensemble
-methods; the TTA views; float32 vs bfloat16; post-processing tuned out-of-fold."""
+methods; the TTA views; float32 vs bfloat16; post-processing tuned out-of-fold; the
+instance-level methods tuned on all four flips."""
 
 
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
