@@ -63,7 +63,7 @@ from kernel_lib.data import TrainingData, load_dataset_dicts, record_masks
 from kernel_lib.folds import read_folds
 from kernel_lib.images import normalize_image, read_image, to_model_input
 from kernel_lib.masks import CropMasks
-from kernel_lib.model_folder import CONFIG_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, fold_source, write_meta
+from kernel_lib.model_folder import CONFIG_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, write_meta
 from kernel_lib.outputs import atomic_output
 from kernel_lib.train_options import AugmentSettings, TrainOptions
 
@@ -485,7 +485,7 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
         cfg = sartorius_config(opts.arch)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = str(_initial_weights(opts) or "")
-    source = fold_source(opts.init_weights) if opts.init_weights else None
+    source = opts.continued_fold
     if not opts.init_weights or (source is not None and source.meta.get("from_scratch")):
         # from scratch, or continuing a fold that was: the same normalisation layers
         if cfg.MODEL.RESNETS.NORM == "FrozenBN":
@@ -535,7 +535,7 @@ def _initial_weights(opts: TrainOptions) -> Path | None:
     if not opts.init_weights:
         return None
     if "://" not in opts.init_weights:
-        source = fold_source(opts.init_weights)
+        source = opts.continued_fold
         weights = source.weights if source else Path(opts.init_weights)
         if weights.is_file():
             return weights.resolve()
@@ -553,7 +553,7 @@ def check_continuation(opts: TrainOptions, split: FoldSplit) -> None:
     Raises:
         ValueError: naming the fold folder, what it was trained with and the option to pass.
     """
-    source = fold_source(opts.init_weights) if opts.init_weights else None
+    source = opts.continued_fold
     if source is None:
         return
     meta, where = source.meta, f"--init-weights {source.folder}"
@@ -828,7 +828,7 @@ def _start_meta(opts: TrainOptions) -> dict[str, Any]:
     """meta.json: what the weights started from. A run that continues a fold folder is
     from scratch when that fold was, names it (``continues``: its iterations and held-out
     score) and counts ``total_iters`` over the whole chain."""
-    source = fold_source(opts.init_weights) if opts.init_weights else None
+    source = opts.continued_fold
     return {
         "init_weights": opts.init_weights or None,
         "from_scratch": bool(source.meta.get("from_scratch")) if source else not opts.init_weights,

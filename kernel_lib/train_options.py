@@ -9,9 +9,11 @@ Training itself is :mod:`kernel_lib.train`'s.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from kernel_lib.config import NORMALIZATIONS
+from kernel_lib.model_folder import FoldSource, fold_source
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,16 @@ class TrainOptions:
         for name in ("eval_period", "checkpoint_period", "workers", "max_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+
+    @cached_property
+    def continued_fold(self) -> FoldSource | None:
+        """The fold folder ``init_weights`` names, when the run continues one (its meta.json
+        read once); None for another weights file or none.
+
+        Raises:
+            ValueError: a folder that is not a fold folder.
+        """
+        return fold_source(self.init_weights) if self.init_weights else None
 
     @property
     def fold_name(self) -> str:
