@@ -10,9 +10,9 @@ process (as ``train --workers 0`` does). Variants, each adding one change:
 1. ``baseline``: detectron2's augmentation list on the full frame (full-frame bitmask
    targets, then the crop), torchvision RoIAlign, float32;
 2. ``+bf16``: bfloat16 autocast (AMX / AVX512-BF16);
-3. ``+crop-first mapper``: :class:`kernel_lib.train.CropFirstMapper` (only the crop's
+3. ``+crop-first mapper``: :class:`kernel_lib.training.mappers.CropFirstMapper` (only the crop's
    pixels resampled, masks decoded once per image);
-4. ``+sparse RoIAlign``: :func:`kernel_lib.train.use_sparse_roi_align` (the default).
+4. ``+sparse RoIAlign``: :func:`kernel_lib.training.roi_align.use_sparse_roi_align` (the default).
 
 Ratios are against the baseline of the same run.
 """
@@ -29,17 +29,13 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from kernel_lib.data import load_dataset_dicts
 from kernel_lib.tables import read_csv
-from kernel_lib.train import (
-    AugmentSettings,
-    CropFirstMapper,
-    SartoriusMapper,
-    TrainOptions,
-    build_augmentations,
-    build_config,
-    use_sparse_roi_align,
-)
+from kernel_lib.training.augment import build_augmentations
+from kernel_lib.training.datasets import load_dataset_dicts
+from kernel_lib.training.mappers import CropFirstMapper, SartoriusMapper
+from kernel_lib.training.options import AugmentSettings, TrainOptions
+from kernel_lib.training.recipe import build_config
+from kernel_lib.training.roi_align import use_sparse_roi_align
 
 VARIANTS = (
     ("baseline", False, False, False),

@@ -1,6 +1,6 @@
 """detectron2 base configs for Sartorius fold models (imports detectron2, so torch).
 
-Shared by training (``kernel_lib.train``) and the demonstration checkpoints, so that
+Shared by training (``kernel_lib.training``) and the demonstration checkpoints, so that
 a freshly trained fold and a demo fold have the same layout. Inference never builds
 from here: it reads each fold's own ``config.yaml``.
 

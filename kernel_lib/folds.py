@@ -2,13 +2,15 @@
 
 A folds file is ``id,cell_type,fold``, one row per image. ``train`` trains fold model K
 on the images whose fold is not K; ``evaluate`` runs fold model K only on the images
-whose fold is K (out-of-fold). The split is stratified: within each cell type the
-images are spread over the folds as evenly as possible (counts differ by at most one),
-and the fold sizes overall differ by at most one.
+whose fold is K (out-of-fold); :func:`fold_split` gives one fold's two sets of ids. The
+split is stratified: within each cell type the images are spread over the folds as
+evenly as possible (counts differ by at most one), and the fold sizes overall differ by
+at most one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,30 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     df = df[list(FOLDS_COLUMNS)].copy()
     df["fold"] = fold.astype(np.int64)
     return df.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class FoldSplit:
+    """The images of one fold: training ids and held-out ids (both sorted)."""
+
+    fold: int
+    train_ids: tuple[str, ...]
+    heldout_ids: tuple[str, ...]
+
+
+def fold_split(folds_csv: str | Path, fold: int) -> FoldSplit:
+    """Training and held-out ids of fold ``fold`` of a folds file.
+
+    Raises:
+        ValueError: the folds file is bad (see :func:`read_folds`), or ``fold`` is not
+            one of its folds, or it leaves no training image.
+    """
+    folds = read_folds(folds_csv)
+    present = sorted(set(folds["fold"].tolist()))
+    if fold not in present:
+        raise ValueError(f"fold {fold} is not in {folds_csv}; its folds are {present}")
+    heldout = folds["fold"] == fold
+    train_ids = tuple(sorted(folds.loc[~heldout, "id"]))
+    if not train_ids:
+        raise ValueError(f"{folds_csv}: fold {fold} holds every image; nothing left to train on")
+    return FoldSplit(fold, train_ids, tuple(sorted(folds.loc[heldout, "id"])))

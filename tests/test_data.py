@@ -1,4 +1,4 @@
-"""kernel_lib.data: train.csv rows -> detectron2 dataset dicts, broken rows reported."""
+"""kernel_lib.training.datasets: train.csv rows -> detectron2 dataset dicts, broken rows reported."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pycocotools.mask as mask_util
 import pytest
 
 from kernel_lib.config import CELL_TYPES
-from kernel_lib.data import (
+from kernel_lib.rle import rle_encode, rle_encode_crops
+from kernel_lib.training.datasets import (
     IMAGE_ROW,
     XYXY_ABS,
     AnnotationProblem,
@@ -20,7 +21,6 @@ from kernel_lib.data import (
     record_masks,
     segmentation_mask,
 )
-from kernel_lib.rle import rle_encode, rle_encode_crops
 
 H, W = 4, 6  # a tiny frame: pixel (y, x) has 1-indexed row-major start y * 6 + x + 1
 

@@ -62,7 +62,8 @@ def test_importing_the_library_and_scoring_does_not_load_torch() -> None:
         "import sys, kernel_lib, kernel_lib.metric, kernel_lib.submission, kernel_lib.__main__\n"
         "from kernel_lib import score_submission, validate_submission, rle_encode, CropMasks\n"
         "kernel_lib.__main__.build_parser()\n"
-        "print(sorted(m for m in ('torch', 'detectron2', 'kernel_lib.train') if m in sys.modules))"
+        "heavy = ('torch', 'detectron2', 'kernel_lib.train', 'kernel_lib.training.trainer')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

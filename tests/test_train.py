@@ -1,4 +1,4 @@
-"""kernel_lib.train and ``python -m kernel_lib train``: augmentation, mapper, a tiny CPU run."""
+"""kernel_lib.training and ``python -m kernel_lib train``: augmentation, mapper, a tiny CPU run."""
 
 from __future__ import annotations
 
@@ -19,17 +19,12 @@ from detectron2.data import transforms as T  # noqa: E402
 
 from kernel_lib.__main__ import main  # noqa: E402
 from kernel_lib.config import CELL_TYPES, Config, EnsembleConfig  # noqa: E402
-from kernel_lib.data import load_dataset_dicts, record_masks  # noqa: E402
-from kernel_lib.folds import make_folds, write_folds  # noqa: E402
-from kernel_lib.train import (  # noqa: E402
-    AugmentSettings,
-    Rot90Transform,
-    SartoriusMapper,
-    TrainOptions,
-    build_augmentations,
-    build_config,
-    fold_split,
-)
+from kernel_lib.folds import fold_split, make_folds, write_folds  # noqa: E402
+from kernel_lib.training.augment import Rot90Transform, build_augmentations  # noqa: E402
+from kernel_lib.training.datasets import load_dataset_dicts, record_masks  # noqa: E402
+from kernel_lib.training.mappers import CropFirstMapper, SartoriusMapper  # noqa: E402
+from kernel_lib.training.options import AugmentSettings, TrainOptions  # noqa: E402
+from kernel_lib.training.recipe import build_config  # noqa: E402
 
 TINY = {"min_sizes": (96,), "max_size": 160, "test_size": 96}
 """Input sizes of the CPU runs here: a 520x704 image becomes 96x130."""
@@ -94,7 +89,6 @@ def test_mapper_without_augmentation_gives_the_annotated_masks(data_dir: Path, t
 
 def test_mappers_normalise_the_whole_image_as_inference_does(data_dir: Path, tmp_path: Path) -> None:
     from kernel_lib.images import normalize_image, read_image
-    from kernel_lib.train import CropFirstMapper
 
     (record,) = load_dataset_dicts(data_dir, ["ea362f1a9844"]).dicts
     expected = normalize_image(read_image(record["file_name"]), "per_image")
@@ -110,7 +104,6 @@ def test_mappers_normalise_the_whole_image_as_inference_does(data_dir: Path, tmp
 
 
 def test_crop_first_mapper_uses_detectron2s_brightness_and_contrast(data_dir: Path) -> None:
-    from kernel_lib.train import CropFirstMapper
 
     (record,) = load_dataset_dicts(data_dir, ["ea362f1a9844"]).dicts
     plain = AugmentSettings(crop=128, hflip=False, vflip=False, rot90=False, brightness=(1, 1), contrast=(1, 1))

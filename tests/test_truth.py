@@ -81,8 +81,8 @@ def test_training_heldout_and_evaluate_agree_on_an_image_with_a_duplicated_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import kernel_lib.pipeline
-    from kernel_lib.data import load_dataset_dicts
-    from kernel_lib.train import score_models
+    from kernel_lib.training.datasets import load_dataset_dicts
+    from kernel_lib.training.scoring import score_models
 
     root = _pack(tmp_path / "pack")
     config = Config(postprocess=PostprocessConfig(min_area=(0, 0, 0)))  # keep the tiny cells

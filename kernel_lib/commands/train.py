@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel_lib.config import NORMALIZATIONS
-from kernel_lib.train_options import AugmentSettings, TrainOptions  # torch-free: --help stays light
+from kernel_lib.training.options import AugmentSettings, TrainOptions  # torch-free: --help stays light
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -46,8 +46,8 @@ def _fold(text: str) -> int | str:
 
 @dataclass(frozen=True)
 class Option:
-    """One command-line option and the :class:`~kernel_lib.train_options.TrainOptions`
-    field(s) it sets (``augment.<name>``: an :class:`~kernel_lib.train_options.AugmentSettings`
+    """One command-line option and the :class:`~kernel_lib.training.options.TrainOptions`
+    field(s) it sets (``augment.<name>``: an :class:`~kernel_lib.training.options.AugmentSettings`
     field). Its default is the dataclass field's; a field without one is required.
 
     ``switch``: "off" for a ``--no-...`` flag that sets its field(s) False when given,
@@ -182,7 +182,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace, fold: int) -> TrainOptions:
-    """The :class:`~kernel_lib.train_options.TrainOptions` of parsed ``args`` for one fold."""
+    """The :class:`~kernel_lib.training.options.TrainOptions` of parsed ``args`` for one fold."""
     values: dict[str, Any] = {}
     augment: dict[str, Any] = {}
     for opt in OPTIONS:
@@ -204,7 +204,7 @@ def options_from(args: argparse.Namespace, fold: int) -> TrainOptions:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.folds import read_folds
-    from kernel_lib.train import rescore_fold, train_fold
+    from kernel_lib.training.trainer import rescore_fold, train_fold
 
     if args.fold == "all":
         folds = sorted(set(read_folds(args.folds)["fold"].tolist()))

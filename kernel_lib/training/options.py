@@ -3,7 +3,7 @@
 Torch-free, so that ``python -m kernel_lib train --help`` builds its parser from these
 dataclasses (their defaults are the command's) without importing torch or detectron2;
 checking an architecture name imports :mod:`kernel_lib.d2config` when options are built.
-Training itself is :mod:`kernel_lib.train`'s.
+Training itself is :mod:`kernel_lib.training.trainer`'s.
 """
 
 from __future__ import annotations

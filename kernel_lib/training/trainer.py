@@ -1,0 +1,343 @@
+"""Train one fold model (detectron2 Mask R-CNN) into the folder layout ``predict`` reads.
+
+``train_fold(TrainOptions(...))`` trains on the images of a folds file whose fold is not
+K and leaves ``OUT/<name>/`` (``name`` defaults to ``fold<K>``)::
+
+    config.yaml            the detectron2 config the weights belong to (inference reads it)
+    model_final.pth        {"model": state_dict} (weights only)
+    meta.json              {"fold": K, "heldout_score": ..., "heldout_per_cell_type": {...}, ...}
+    metrics.json           detectron2's loss log, one JSON line per logged iteration
+    log.txt                the training log
+    heldout_scores.csv     id, cell_type, score of every held-out image
+    annotation_problems.csv  rows left out of training (see kernel_lib.training.datasets)
+
+The run, in steps: read the split's images (:mod:`~kernel_lib.training.datasets`), build
+the config (:mod:`~kernel_lib.training.recipe`) and the mapper
+(:mod:`~kernel_lib.training.mappers`), train with detectron2's ``DefaultTrainer`` (the
+sparse RoIAlign of :mod:`~kernel_lib.training.roi_align` on the CPU, bfloat16 autocast
+where the CPU has it), write the fold folder (:mod:`~kernel_lib.training.folder`) and
+score its held-out images (:mod:`~kernel_lib.training.scoring`). Several GPUs run through
+``detectron2.engine.launch`` (one process per GPU, DDP). Imports torch and detectron2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks, launch
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+from detectron2.utils.logger import setup_logger
+
+from kernel_lib.config import Config
+from kernel_lib.folds import FoldSplit, fold_split
+from kernel_lib.model_folder import META_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, read_meta, write_meta
+from kernel_lib.training.datasets import TrainingData, load_dataset_dicts
+from kernel_lib.training.folder import CHECKPOINT_LINK, clear_leftovers, finish_fold
+from kernel_lib.training.mappers import build_mapper
+from kernel_lib.training.options import TrainOptions
+from kernel_lib.training.recipe import build_config, check_continuation
+from kernel_lib.training.roi_align import use_sparse_roi_align
+from kernel_lib.training.scoring import score_fold, score_weights
+
+logger = logging.getLogger("kernel_lib.training")
+
+WRITER_PERIOD = 20
+"""Iterations between two lines of the loss log (fewer when training is shorter)."""
+
+PROBLEMS_FILE = "annotation_problems.csv"
+"""The annotation rows a run left out (id, row, what), in its fold folder."""
+
+
+class _FoldTrainer(DefaultTrainer):
+    """DefaultTrainer on an in-memory dataset with the Sartorius mapper, a JSON loss log
+    (no TensorBoard) and held-out scoring as its evaluation."""
+
+    def __init__(
+        self, cfg: CfgNode, dataset: list[dict[str, Any]], mapper: Any, evaluate: Any, bf16: bool = False
+    ) -> None:
+        self._dataset = dataset
+        self._mapper = mapper
+        self._evaluate = evaluate
+        self._bf16 = bf16
+        super().__init__(cfg)
+        if cfg.MODEL.DEVICE == "cpu":
+            logger.info("RoIAlign: %d pooler levels on the sparse CPU kernel", use_sparse_roi_align(self.model))
+
+    def run_step(self) -> None:
+        self._trainer.iter = self.iter
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._bf16):
+            self._trainer.run_step()
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        model = build_model(cfg)  # DefaultTrainer's also prints the whole module tree
+        n = sum(p.numel() for p in model.parameters())
+        logger.info("model %s: %.1f M parameters on %s", cfg.MODEL.META_ARCHITECTURE, n / 1e6, cfg.MODEL.DEVICE)
+        return model
+
+    def build_train_loader(self, cfg: CfgNode) -> Any:  # type: ignore[override]
+        return build_detection_train_loader(
+            self._dataset,
+            mapper=self._mapper,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    def build_writers(self) -> list[Any]:
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
+        ]
+
+    def build_hooks(self) -> list[Any]:
+        out = []
+        for hook in super().build_hooks():
+            if isinstance(hook, hooks.EvalHook):
+                # periodic held-out scoring; the final one is done after training, from the written folder
+                hook = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self._evaluate, eval_after_train=False)
+            elif isinstance(hook, hooks.PeriodicWriter):
+                hook = hooks.PeriodicWriter(self.build_writers(), period=min(WRITER_PERIOD, self.max_iter))
+            out.append(hook)
+        return out
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_fold` leaves: the fold folder and its meta.json content."""
+
+    fold_dir: Path
+    meta: dict[str, Any]
+
+
+def _eval_config(opts: TrainOptions, device: str) -> Config:
+    from kernel_lib.config import load_config
+
+    config = load_config(opts.eval_config or None)
+    return config.replace(inference=dataclasses.replace(config.inference, device=device))
+
+
+LOGGERS = ("detectron2", "kernel_lib", "fvcore")
+"""Loggers whose records go to the fold folder's log.txt."""
+
+
+def _train_worker(opts: TrainOptions, device: str) -> None:
+    """One training process (all of training on one GPU or the CPU; one of several with DDP).
+
+    Logs go to the console (rank 0) and to the fold folder's ``log.txt`` (``log.txt.rank<r>``
+    for the other ranks); the file handler is removed at the end, so that folds trained in
+    turn by one process each get their own log.
+    """
+    rank = comm.get_rank()
+    opts.fold_dir.mkdir(parents=True, exist_ok=True)
+    setup_logger(distributed_rank=rank, name="detectron2", abbrev_name="d2")  # console, once per process
+    setup_logger(distributed_rank=rank, name="kernel_lib", abbrev_name="kl")
+    log_file = logging.FileHandler(opts.fold_dir / ("log.txt" if rank == 0 else f"log.txt.rank{rank}"))
+    log_file.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
+    log_file.setLevel(logging.DEBUG)
+    for name in LOGGERS:
+        logging.getLogger(name).addHandler(log_file)
+    try:
+        _train_and_score(opts, device, rank)
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(log_file)
+        log_file.close()
+
+
+@dataclass(frozen=True)
+class _FoldData:
+    """The images of one run: the split, the training records and the held-out ones
+    (None when not scored)."""
+
+    split: FoldSplit
+    train: TrainingData
+    heldout: TrainingData | None
+
+
+def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
+    """Read the split's images; rank 0 logs and writes the annotation rows left out."""
+    split = fold_split(opts.folds_csv, opts.fold)
+    train_ids = split.train_ids[: opts.max_images] if opts.max_images else split.train_ids
+    train = load_dataset_dicts(opts.data_dir, train_ids)
+    heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids) if split.heldout_ids and opts.heldout else None
+    if rank == 0:
+        problems = train.problems + (heldout.problems if heldout else [])
+        frame = pd.DataFrame([(p.id, p.row, p.what) for p in problems], columns=["id", "row", "what"])
+        frame.to_csv(opts.fold_dir / PROBLEMS_FILE, index=False)
+        for problem in problems[:20]:
+            logger.warning("annotation left out: %s", problem)
+        if len(problems) > 20:
+            logger.warning("... %d more in %s", len(problems) - 20, opts.fold_dir / PROBLEMS_FILE)
+        logger.info(
+            "fold %d: %d training images (%d instances), %d held-out images (%s), %d rows left out",
+            opts.fold,
+            len(train.dicts),
+            sum(len(r["annotations"]) for r in train.dicts),
+            len(split.heldout_ids),
+            "scored at the end" if heldout else "not scored",
+            len(problems),
+        )
+    return _FoldData(split, train, heldout)
+
+
+def _data_meta(opts: TrainOptions, data: _FoldData) -> dict[str, Any]:
+    """meta.json: what the fold was trained on."""
+    problems = len(data.train.problems) + (len(data.heldout.problems) if data.heldout else 0)
+    return {
+        "fold": opts.fold,
+        "name": opts.fold_name,
+        "arch": "" if opts.base_config else opts.arch,
+        "base_config": opts.base_config or f"kernel_lib.d2config.sartorius_config({opts.arch!r})",
+        **_start_meta(opts),
+        "folds_csv": str(opts.folds_csv),
+        "data_dir": str(opts.data_dir),
+        "train_images": len(data.train.dicts),
+        "train_instances": sum(len(r["annotations"]) for r in data.train.dicts),
+        "heldout_ids": list(data.split.heldout_ids),
+        "annotation_problems": problems,
+    }
+
+
+def _start_meta(opts: TrainOptions) -> dict[str, Any]:
+    """meta.json: what the weights started from. A run that continues a fold folder is
+    from scratch when that fold was, names it (``continues``: its iterations and held-out
+    score) and counts ``total_iters`` over the whole chain."""
+    source = opts.continued_fold
+    return {
+        "init_weights": opts.init_weights or None,
+        "from_scratch": bool(source.meta.get("from_scratch")) if source else not opts.init_weights,
+        "continues": None
+        if source is None
+        else {
+            "folder": str(source.folder),
+            "iters": source.total_iters,
+            "heldout_score": source.meta.get("heldout_score"),
+        },
+        "total_iters": opts.iters + (source.total_iters if source else 0),
+    }
+
+
+def _recipe_meta(opts: TrainOptions, cfg: CfgNode, device: str, bf16: bool, mapper: Any) -> dict[str, Any]:
+    """meta.json: how it was trained (inference reads ``input_normalization`` back)."""
+    return {
+        "iters": opts.iters,
+        "batch": opts.batch,
+        "base_lr": cfg.SOLVER.BASE_LR,
+        "device": device,
+        "num_gpus": opts.num_gpus,
+        "amp": bool(cfg.SOLVER.AMP.ENABLED),
+        "bf16": bf16,
+        "mapper": type(mapper).__name__,
+        "min_size_train": list(cfg.INPUT.MIN_SIZE_TRAIN),
+        "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "augment": dataclasses.asdict(opts.augment),
+        NORMALIZATION_KEY: opts.normalization,
+        "seed": opts.seed,
+    }
+
+
+def _run_meta(first_iter: int, done: int, seconds: float) -> dict[str, Any]:
+    """meta.json: the run itself."""
+    return {
+        "resumed_from_iter": first_iter,
+        "train_seconds": round(seconds, 1),
+        "iters_per_second": round(done / seconds, 4) if seconds > 0 else None,
+        "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
+    """One process's run: read the data, train, write the fold, score it on its held-out images."""
+    seed_all_rng(opts.seed + rank)
+    data = _load_fold_data(opts, rank)
+    cfg = build_config(opts, device)
+    cfg.freeze()
+    mapper = build_mapper(cfg, opts.augment, opts.normalization)
+    bf16 = opts.resolved_bf16(device)
+    config = _eval_config(opts, device)
+    trainer: _FoldTrainer | None = None
+
+    def periodic_eval() -> dict[str, float]:
+        if data.heldout is None or not comm.is_main_process() or trainer is None:
+            return {}
+        result = score_weights(cfg, trainer.model, data.heldout, config, opts.fold_name, opts.normalization)
+        logger.info("iteration %d: held-out score %.4f", trainer.iter + 1, result.score)
+        return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
+
+    trainer = _FoldTrainer(cfg, data.train.dicts, mapper, periodic_eval, bf16=bf16)
+    trainer.resume_or_load(resume=opts.resume)
+    start, first_iter = time.perf_counter(), trainer.start_iter
+    trainer.train()
+    seconds = time.perf_counter() - start
+    if not comm.is_main_process():
+        return
+    meta = {
+        **_data_meta(opts, data),
+        **_recipe_meta(opts, cfg, device, bf16, mapper),
+        **_run_meta(first_iter, opts.iters - first_iter, seconds),
+    }
+    finish_fold(opts.fold_dir, cfg, trainer.model, meta, opts.keep_checkpoints)
+    if data.heldout is not None:
+        meta.update(score_fold(opts.fold_dir, data.heldout, config, opts.eval_config))
+        logger.info("fold %d held-out score %.4f %s", opts.fold, meta["heldout_score"], meta["heldout_per_cell_type"])
+    write_meta(opts.fold_dir, meta)
+
+
+def rescore_fold(opts: TrainOptions) -> TrainResult:
+    """Score an already trained fold folder again (e.g. with a tuned ``eval_config``) and
+    update its meta.json; no training.
+
+    Raises:
+        ValueError: the fold folder has no model_final.pth / meta.json, or the folds file
+            gives the fold no held-out image.
+    """
+    fold_dir = opts.fold_dir
+    if not (fold_dir / WEIGHTS_FILE).is_file() or not (fold_dir / META_FILE).is_file():
+        raise ValueError(f"--score-only: {fold_dir} holds no trained model ({WEIGHTS_FILE} and {META_FILE})")
+    split = fold_split(opts.folds_csv, opts.fold)
+    if not split.heldout_ids:
+        raise ValueError(f"--score-only: fold {opts.fold} of {opts.folds_csv} holds no image to score")
+    heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids)
+    meta = read_meta(fold_dir)
+    meta.update(score_fold(fold_dir, heldout, _eval_config(opts, opts.resolved_device()), opts.eval_config))
+    write_meta(fold_dir, meta)
+    return TrainResult(fold_dir, meta)
+
+
+def train_fold(opts: TrainOptions) -> TrainResult:
+    """Train fold ``opts.fold`` and score its held-out images; see the module docstring.
+
+    With ``num_gpus`` > 1 the work runs in that many processes started by
+    ``detectron2.engine.launch`` (DDP); this process waits for them.
+
+    Raises:
+        ValueError: bad options, folds file, data folder or initial weights.
+    """
+    device = opts.resolved_device()
+    check_continuation(opts, fold_split(opts.folds_csv, opts.fold))  # fail early, before any process starts
+    build_config(opts, device)
+    fold_dir = opts.fold_dir
+    if (fold_dir / WEIGHTS_FILE).exists() and not opts.resume:
+        raise ValueError(f"{fold_dir} already holds a trained model; remove it, pick another --out/--name or --resume")
+    if opts.resume and not (fold_dir / CHECKPOINT_LINK).is_file():
+        raise ValueError(f"--resume: {fold_dir} holds no last_checkpoint to resume from (keep_checkpoints off?)")
+    if fold_dir.exists() and not opts.resume:
+        clear_leftovers(fold_dir)
+    launch(_train_worker, opts.num_gpus if device == "cuda" else 1, dist_url="auto", args=(opts, device))
+    if not (fold_dir / META_FILE).is_file():
+        raise RuntimeError(f"training of {fold_dir} ended without writing {fold_dir / META_FILE}")
+    return TrainResult(fold_dir, read_meta(fold_dir))
