@@ -97,6 +97,20 @@ class TuneImage:
             object.__setattr__(self, "cell_type", image_cell_type(np.asarray(classes, np.int64)))
 
 
+_INDEX_INTO: dict[str, str] = {
+    "inst_image": "ids",
+    "truth_image": "ids",
+    "e_inst": "score",
+    "pair_inst": "score",
+    "e_start": "e_inst",
+    "q_entry": "e_inst",
+    "pair_truth": "truth_area",
+    "q_pair": "pair_inst",
+}
+""":class:`InstanceTable`'s index fields -> the field whose entries they index (images,
+instances, shared entries, truths, pairs)."""
+
+
 @dataclass(frozen=True, eq=False)
 class InstanceTable:
     """Precomputed arrays for a set of images (all instances concatenated).
@@ -151,34 +165,23 @@ class InstanceTable:
     @classmethod
     def build(cls, images: Sequence[TuneImage], progress: Progress | None = None) -> InstanceTable:
         """Paste-free precomputation over ``images`` (their masks are already hard)."""
-        parts = [_build_one(img) for img in (progress(images) if progress else images)]
-        n_inst = np.cumsum([0] + [len(p["score"]) for p in parts])
-        n_truth = np.cumsum([0] + [len(p["truth_area"]) for p in parts])
-        n_entry = np.cumsum([0] + [len(p["e_inst"]) for p in parts])
-        n_pair = np.cumsum([0] + [len(p["pair_inst"]) for p in parts])
+        return cls.concat([_image_table(img) for img in (progress(images) if progress else images)])
 
-        def cat(key: str, offsets: np.ndarray | None, dtype: type = np.int64) -> np.ndarray:
-            arrays = [p[key] + (offsets[k] if offsets is not None else 0) for k, p in enumerate(parts)]
-            return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+    @classmethod
+    def concat(cls, tables: Sequence[InstanceTable]) -> InstanceTable:
+        """One table of several, their images in order: every index field is shifted by
+        the sizes of what it indexes in the tables before it (:data:`_INDEX_INTO`)."""
 
-        return cls(
-            ids=tuple(img.id for img in images),
-            cell_types=np.array([img.cell_type for img in images], np.int64),
-            inst_image=np.repeat(np.arange(len(parts)), np.diff(n_inst)).astype(np.int64),
-            score=cat("score", None, np.float32),
-            area=cat("area", None),
-            e_inst=cat("e_inst", n_inst),
-            e_start=cat("e_start", n_entry),
-            e_weight=cat("e_weight", None),
-            truth_image=np.repeat(np.arange(len(parts)), np.diff(n_truth)).astype(np.int64),
-            truth_area=cat("truth_area", None),
-            pair_inst=cat("pair_inst", n_inst),
-            pair_truth=cat("pair_truth", n_truth),
-            pair_inter=cat("pair_inter", None),
-            q_entry=cat("q_entry", n_entry),
-            q_pair=cat("q_pair", n_pair),
-            q_weight=cat("q_weight", None),
-        )
+        def column(name: str) -> np.ndarray:
+            arrays = [getattr(t, name) for t in tables]
+            target = _INDEX_INTO.get(name)
+            if target is not None:
+                shifts = np.cumsum([0] + [len(getattr(t, target)) for t in tables[:-1]])
+                arrays = [a + s for a, s in zip(arrays, shifts)]
+            return np.concatenate(arrays) if arrays else np.zeros(0, np.float32 if name == "score" else np.int64)
+
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("ids", "_views")]
+        return cls(ids=tuple(i for t in tables for i in t.ids), **{name: column(name) for name in names})
 
     def subset(self, images: np.ndarray) -> InstanceTable:
         """The table of the images at ``images`` (ascending indices)."""
@@ -272,8 +275,8 @@ def _expand(lo: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg, pos
 
 
-def _build_one(img: TuneImage) -> dict[str, np.ndarray]:
-    """Precompute one image. Shared pixels (covered by two or more instances) are
+def _image_table(img: TuneImage) -> InstanceTable:
+    """The table of one image. Shared pixels (covered by two or more instances) are
     grouped into *cells*: pixels with the same covering instances and the same covering
     truths behave alike in every setting, so each cell is stored once with its pixel
     count as weight. Cells are found by hashing those sets (two random 64-bit keys per
@@ -323,20 +326,24 @@ def _build_one(img: TuneImage) -> dict[str, np.ndarray]:
     c_lo, c_hits = g_lo[cell_group], g_hits[cell_group]
     q_entry, q_pos = _expand(c_lo[e_cell], c_hits[e_cell])
     q_pair = np.searchsorted(pair_keys, e_inst[q_entry] * stride + t_idx[q_pos])
-    return {
-        "score": img.scores[order],
-        "area": area,
-        "e_inst": e_inst,
-        "e_start": e_start,
-        "e_weight": weight[e_cell],
-        "truth_area": truth_area,
-        "pair_inst": pair_keys // stride,
-        "pair_truth": pair_keys % stride,
-        "pair_inter": pair_inter.astype(np.int64),
-        "q_entry": q_entry,
-        "q_pair": q_pair,
-        "q_weight": weight[e_cell[q_entry]],
-    }
+    return InstanceTable(
+        ids=(img.id,),
+        cell_types=np.array([img.cell_type], np.int64),
+        inst_image=np.zeros(n, np.int64),
+        score=img.scores[order].astype(np.float32, copy=False),
+        area=area,
+        e_inst=e_inst.astype(np.int64, copy=False),
+        e_start=e_start.astype(np.int64, copy=False),
+        e_weight=weight[e_cell],
+        truth_image=np.zeros(n_truth, np.int64),
+        truth_area=truth_area,
+        pair_inst=(pair_keys // stride).astype(np.int64, copy=False),
+        pair_truth=(pair_keys % stride).astype(np.int64, copy=False),
+        pair_inter=pair_inter.astype(np.int64),
+        q_entry=q_entry.astype(np.int64, copy=False),
+        q_pair=q_pair.astype(np.int64, copy=False),
+        q_weight=weight[e_cell[q_entry]],
+    )
 
 
 @dataclass(frozen=True, eq=False)
