@@ -9,8 +9,11 @@ Steps (each reuses what is already built; run it again at any time):
    source for the pins that ship only as sdists (fvcore, antlr4). Every file's sha256
    is checked against wheels/SHA256SUMS (committed) and new ones are recorded there.
 2. kernel_lib is built as a wheel from this checkout.
-3. The dataset folder (--out) is staged: wheels/ (all of the above), SHA256SUMS and
-   dataset-metadata.json (id, title, one licence).
+3. The dataset folder (--out) is staged: kernel_lib_bootstrap.py (kernel_lib/bootstrap.py,
+   the offline install the notebooks run; written first, so that a notebook run where
+   detectron2 and kernel_lib are already importable finds it even when a later step
+   fails), wheels/ (all of the above), SHA256SUMS and dataset-metadata.json (id, title,
+   one licence).
 4. With --upload, the real `kaggle datasets create` runs on it (or `kaggle datasets
    version` when the dataset already exists, or with --new-version), with
    `--dir-mode zip` so that the wheels/ folder is uploaded.
@@ -42,6 +45,9 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent
 WHEELHOUSE = ROOT / "scripts" / "wheelhouse.py"
+BOOTSTRAP = ROOT / "kernel_lib" / "bootstrap.py"
+BOOTSTRAP_NAME = "kernel_lib_bootstrap.py"
+"""BOOTSTRAP's name at the dataset's root (kernel_lib.bootstrap.STAGED_NAME): what the notebooks run."""
 PLACEHOLDER_USER = "your-kaggle-username"
 DEFAULT_ID = f"{PLACEHOLDER_USER}/sartorius-offline-bundle"
 DEFAULT_TITLE = "Sartorius offline bundle"
@@ -62,7 +68,8 @@ DESCRIPTION = (
     "the kernel_lib wheel, a pure-Python detectron2 wheel (repacked from sal-detectron2 0.7.2 "
     "without _C.so; Apache-2.0) and the detectron2 dependencies Kaggle's image may lack, for "
     "CPython 3.10-3.12. Every wheel keeps its own licence (see its METADATA); kernel_lib is MIT. "
-    "Install with: pip install --no-index --find-links <this dataset>/wheels sal-detectron2"
+    "Install with: python <this dataset>/kernel_lib_bootstrap.py (pip install --no-index --find-links "
+    "<this dataset>/wheels, never changing an installed package)"
 )
 # Wheels built from sdists get fixed timestamps, so a rebuild with the same tools is byte-identical.
 SOURCE_DATE_EPOCH = "1732838400"  # 2024-11-29, as scripts/wheelhouse.py
@@ -449,12 +456,29 @@ def build_kernel_lib(root: Path, cache: Path) -> Path:
 # --------------------------------------------------------------------------- staging and upload
 
 
-def stage(out: Path, wheels: Iterable[Path], metadata: dict[str, object]) -> Path:
-    """Write the dataset folder: ``wheels/``, ``SHA256SUMS``, ``dataset-metadata.json``."""
+def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out} is a file; pass a folder for the dataset")
     if (out / ".git").exists() or out.resolve() == ROOT:
         raise BuildError(f"--out {out} is a source checkout; pass a separate folder, e.g. build/kaggle-dataset")
+
+
+def stage_bootstrap(out: Path, source: Path = BOOTSTRAP) -> Path:
+    """Copy the offline install (``source``, kernel_lib/bootstrap.py) to ``out/kernel_lib_bootstrap.py``."""
+    _check_out(out)
+    if not source.is_file():
+        raise BuildError(f"{source} is missing; run build_dataset.py from a complete checkout")
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / BOOTSTRAP_NAME
+    if not target.is_file() or target.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, target)
+    return target
+
+
+def stage(out: Path, wheels: Iterable[Path], metadata: dict[str, object]) -> Path:
+    """Write the dataset folder: ``kernel_lib_bootstrap.py``, ``wheels/``, ``SHA256SUMS``,
+    ``dataset-metadata.json``."""
+    bootstrap = stage_bootstrap(out)
     target = out / "wheels"
     target.mkdir(parents=True, exist_ok=True)
     wanted = {path.name: path for path in wheels}
@@ -468,6 +492,7 @@ def stage(out: Path, wheels: Iterable[Path], metadata: dict[str, object]) -> Pat
         if not copy.is_file() or sha256_of(copy) != digest:
             shutil.copyfile(path, copy)
         lines.append(f"{digest}  wheels/{name}\n")
+    lines.append(f"{sha256_of(bootstrap)}  {BOOTSTRAP_NAME}\n")
     (out / SUMS_NAME).write_text("".join(lines))
     (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return out
@@ -603,11 +628,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise BuildError(f"--wheels {wheels_dir} is a file; pass a folder")
         wheels_dir.mkdir(parents=True, exist_ok=True)
         pins = read_pins(args.bundle or ROOT / "wheels" / "bundle.txt")
+        stage_bootstrap(args.out)  # first: enough for a notebook run that has detectron2 and kernel_lib already
         shipped = refresh_wheels(wheels_dir, pins, pythons, args.rehash)
         kernel_lib = build_kernel_lib(ROOT, wheels_dir / KERNEL_LIB_CACHE)
         out = stage(args.out, [*shipped, kernel_lib], metadata)
         size = sum(p.stat().st_size for p in (out / "wheels").glob("*.whl"))
-        print(f"dataset staged in {out}: {len(shipped) + 1} wheels, {size / 1e6:.1f} MB ({', '.join(pythons)})")
+        print(
+            f"dataset staged in {out}: {BOOTSTRAP_NAME} and {len(shipped) + 1} wheels, {size / 1e6:.1f} MB "
+            f"({', '.join(pythons)})"
+        )
         if args.upload:
             done = upload(out, args.id, args.new_version, args.message, args.public)
             print(f"uploaded: kaggle datasets {done} {args.id}")

@@ -5,8 +5,8 @@ wheels/ folder as the download cache (only the first run on a machine needs the
 package index). The fresh venv stands in for Kaggle's image: it sees only the packages
 that image ships (torch, torchvision, numpy, pandas, OpenCV, matplotlib, ... from this
 project's .venv, through a .pth file), never the bundle's own packages, and the
-notebook's install cell must bring in detectron2 and kernel_lib from the dataset's
-wheels with `pip install --no-index`.
+notebook's install cell, through the dataset's kernel_lib_bootstrap.py, must bring in
+detectron2 and kernel_lib from the dataset's wheels with `pip install --no-index`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- the staged folder
 
 
-def test_dataset_folder_has_metadata_wheels_and_matching_hashes(dataset: Path) -> None:
+def test_dataset_folder_has_metadata_bootstrap_wheels_and_matching_hashes(dataset: Path) -> None:
     meta = json.loads((dataset / "dataset-metadata.json").read_text())
     assert meta["id"].split("/")[1] == "sartorius-offline-bundle"
     assert 6 <= len(meta["title"]) <= 50
@@ -79,8 +79,13 @@ def test_dataset_folder_has_metadata_wheels_and_matching_hashes(dataset: Path) -
     wheels = sorted((dataset / "wheels").glob("*.whl"))
     names = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in wheels}
     assert names == {canonicalize_name(p.split("==")[0]) for p in pins()} | {"sal-detectron2", "kernel-lib"}
+    bootstrap = dataset / "kernel_lib_bootstrap.py"  # the offline install the notebooks run
+    assert bootstrap.read_bytes() == (ROOT / "kernel_lib" / "bootstrap.py").read_bytes()
     sums = dict(reversed(line.split("  ")) for line in (dataset / "SHA256SUMS").read_text().splitlines())
-    assert sums == {f"wheels/{w.name}": sha256(w) for w in wheels}
+    assert sums == {f"wheels/{w.name}": sha256(w) for w in wheels} | {bootstrap.name: sha256(bootstrap)}
+    assert sorted(p.name for p in dataset.iterdir()) == sorted(
+        ["SHA256SUMS", "dataset-metadata.json", "kernel_lib_bootstrap.py", "wheels"]
+    )
     # the third-party wheels shipped are exactly the ones whose hashes are committed
     committed = dict(reversed(line.split("  ")) for line in (ROOT / "wheels" / "SHA256SUMS").read_text().splitlines())
     for wheel in wheels:
@@ -105,11 +110,12 @@ def test_wheels_install_offline_for_each_kaggle_python(dataset: Path, python: st
 
 def test_rerun_reuses_what_is_built(dataset: Path) -> None:
     cache = ROOT / "wheels"
-    before = {p: p.stat().st_mtime_ns for p in [*cache.glob("*.whl"), *(dataset / "wheels").glob("*.whl")]}
+    staged = [*cache.glob("*.whl"), *(dataset / "wheels").glob("*.whl"), dataset / "kernel_lib_bootstrap.py"]
+    before = {p: p.stat().st_mtime_ns for p in staged}
     result = build(dataset)
     assert result.returncode == 0, result.stderr
     assert "recorded a new hash" not in result.stderr
-    after = {p: p.stat().st_mtime_ns for p in [*cache.glob("*.whl"), *(dataset / "wheels").glob("*.whl")]}
+    after = {p: p.stat().st_mtime_ns for p in staged}
     assert after == before  # nothing downloaded, built or copied again
 
 
@@ -209,7 +215,7 @@ def test_fresh_venv_installs_the_bundle_offline_and_imports_it(
 
     install = run(notebook_install_cell())
     assert install.returncode == 0, install.stdout + install.stderr
-    assert "installed detectron2, kernel_lib from" in install.stdout
+    assert f"installed detectron2, kernel_lib from {dataset / 'wheels'};" in install.stdout
 
     check = (
         "import detectron2, kernel_lib, fvcore, omegaconf, pycocotools\n"
