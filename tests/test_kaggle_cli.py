@@ -128,7 +128,8 @@ def test_datasets_create_uploads_the_staged_folder_with_wheels_zipped(tmp_path: 
     assert calls[0] == "datasets.DatasetApiService/GetDatasetStatus"  # "is the slug free?"
     assert calls[-1] == "datasets.DatasetApiService/CreateDataset"
     starts = stub.calls("BlobApiService/StartBlobUpload")
-    assert sorted(r.json()["name"] for r in starts) == ["SHA256SUMS", "wheels.zip"]  # metadata is not a file
+    # metadata is not a file; the install module sits at the root, beside the zipped wheels
+    assert sorted(r.json()["name"] for r in starts) == ["SHA256SUMS", "kernel_lib_bootstrap.py", "wheels.zip"]
     create = stub.calls("DatasetApiService/CreateDataset")[0].json()
     assert create["ownerSlug"] == USER
     assert create["slug"] == "sartorius-offline-bundle"
@@ -142,7 +143,8 @@ def test_datasets_create_uploads_the_staged_folder_with_wheels_zipped(tmp_path: 
         assert {name: archive.read(name) for name in contents} == contents
     sums = stub.uploads[token_of["SHA256SUMS"]].decode()
     assert sums == (out / "SHA256SUMS").read_text()
-    assert len(sums.splitlines()) == len(contents)
+    assert len(sums.splitlines()) == len(contents) + 1  # the wheels and the install module
+    assert stub.uploads[token_of["kernel_lib_bootstrap.py"]] == (out / "kernel_lib_bootstrap.py").read_bytes()
 
 
 @pytest.mark.parametrize("exists", [False, True], ids=["new dataset: create", "existing dataset: version"])
@@ -165,14 +167,14 @@ def test_build_dataset_upload_creates_or_versions(
     expected_end = "CreateDatasetVersion" if exists else "CreateDataset"
     assert posts[0] == "GetDatasetStatus"
     assert posts[-1] == expected_end
-    assert posts.count("StartBlobUpload") == 2
+    assert posts.count("StartBlobUpload") == 3  # SHA256SUMS, kernel_lib_bootstrap.py, wheels.zip
     final = stub.calls(expected_end)[0].json()
     if exists:
         assert final["ownerSlug"] == USER and final["datasetSlug"] == "sartorius-offline-bundle"
         assert final["body"]["versionNotes"] == "notes for v2"
-        assert len(final["body"]["files"]) == 2
+        assert len(final["body"]["files"]) == 3
     else:
-        assert final["isPrivate"] is True and len(final["files"]) == 2
+        assert final["isPrivate"] is True and len(final["files"]) == 3
     assert f"$ kaggle datasets {done}" in capsys.readouterr().out
 
 
