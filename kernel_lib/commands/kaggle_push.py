@@ -14,13 +14,19 @@ step through the real ``kaggle`` CLI, each command printed before it runs:
    (implies ``--wait``).
 
 It stops at the first command that fails, with the CLI's own message. ``--dry-run`` only
-prints the commands and the metadata it would write.
+prints the commands and the metadata it would write, after the same checks as a real run.
+
+The kernel folder (``--work``) is only ever one this command made: it marks it with a
+``.kaggle-push-work`` file when it creates it, rewrites only its own two files there,
+deletes nothing, and refuses an existing folder without the mark (``.``, the models
+folder, any folder of yours) before any Kaggle command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -28,13 +34,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from kernel_lib.outputs import atomic_output, check_input_file, file_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPETITION = "sartorius-cell-instance-segmentation"
 PLACEHOLDER_USER = "your-kaggle-username"
 DEFAULT_ACCELERATOR = "NvidiaTeslaT4"
 """Kaggle's "GPU T4 x2" (the kaggle CLI's machine_shape name); the retired P100 runs on a T4 anyway."""
-_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # fullmatch: "$" would let a trailing newline through
+_ACCELERATOR = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+WORK_MARKER = ".kaggle-push-work"
+"""The file kaggle-push writes in a kernel folder it creates; a folder without it is never rewritten."""
 _ERROR = re.compile(r"\berror\b", re.IGNORECASE)
 _DONE = {"COMPLETE"}
 _FAILED = {"ERROR", "CANCEL_REQUESTED", "CANCEL_ACKNOWLEDGED"}
@@ -89,16 +101,23 @@ def check_inputs(args: argparse.Namespace) -> None:
     Raises:
         ValueError: naming the option, what was expected and what came.
     """
-    if not _SLUG.match(args.user) or args.user == PLACEHOLDER_USER:
+    if not _SLUG.fullmatch(args.user) or args.user == PLACEHOLDER_USER:
         raise ValueError(f"--user: expected your Kaggle user name (letters, digits, dashes), got {args.user!r}")
     for option in ("bundle_slug", "models_slug", "kernel_slug"):
         slug = getattr(args, option)
-        if not _SLUG.match(slug) or not 6 <= len(slug) <= 50:
+        if not _SLUG.fullmatch(slug) or not 6 <= len(slug) <= 50:
             raise ValueError(f"--{option.replace('_', '-')}: expected 6-50 letters, digits or dashes, got {slug!r}")
-    if args.submit and not args.message:
+    if not _ACCELERATOR.fullmatch(args.accelerator):
+        raise ValueError(
+            f"--accelerator: expected a machine shape name such as {DEFAULT_ACCELERATOR} (the names `kaggle kernels "
+            f"push --help` lists for --accelerator), got {args.accelerator!r}"
+        )
+    if args.submit and not args.message.strip():
         raise ValueError("--submit needs -m MESSAGE: the submission's description")
-    if args.poll < 0 or args.timeout <= 0:
-        raise ValueError(f"--poll must be >= 0 and --timeout > 0 seconds, got {args.poll} and {args.timeout}")
+    if not (math.isfinite(args.poll) and math.isfinite(args.timeout)) or args.poll < 0 or args.timeout <= 0:
+        raise ValueError(
+            f"--poll must be >= 0 and --timeout > 0 seconds (finite numbers), got {args.poll} and {args.timeout}"
+        )
     models: Path = args.models
     if not models.is_dir() or not any(models.glob("*/model_final.pth")):
         raise ValueError(
@@ -111,23 +130,96 @@ def check_inputs(args: argparse.Namespace) -> None:
             f"--bundle {bundle}: no staged bundle dataset there (wheels/sal_detectron2-*.whl, dataset-metadata.json); "
             f"stage it first: python build_dataset.py --id {args.user}/{args.bundle_slug} --out {bundle}"
         )
-    if not args.notebook.is_file():
-        raise ValueError(f"--notebook {args.notebook} does not exist; pass the inference notebook (.ipynb) to push")
-    if args.work.resolve() in (ROOT, models.resolve(), bundle.resolve()):
-        raise ValueError(f"--work {args.work}: pass a folder of its own (it is rewritten), e.g. build/kaggle-kernel")
+    notebook_fix = "pass the inference notebook (.ipynb) to push"
+    if file_kind(args.notebook) == "missing":
+        raise ValueError(f"--notebook {args.notebook} does not exist; {notebook_fix}")
+    check_input_file(args.notebook, "--notebook", notebook_fix)
+    if args.notebook.suffix != ".ipynb":
+        raise ValueError(f"--notebook {args.notebook} is not a Jupyter notebook (.ipynb); {notebook_fix}")
+    check_work(args.work, {"--models": models, "--bundle": bundle, "--notebook": args.notebook})
+
+
+def check_work(work: Path, inputs: dict[str, Path]) -> None:
+    """The kernel folder may be written: it does not exist yet (it is made and marked),
+    or it is one this command made (it holds :data:`WORK_MARKER`), and it is none of the
+    inputs, the repository, nor a folder inside or around them.
+
+    Raises:
+        ValueError: naming the folder, why, and the fix.
+    """
+    fix = f"pass a new folder (kaggle-push makes and marks it), e.g. {ROOT / 'build' / 'kaggle-kernel'}"
+    resolved = work.resolve()
+    if resolved == ROOT or ROOT.is_relative_to(resolved):
+        raise ValueError(f"--work {work} is the repository or a folder around it; {fix}")
+    for name, given in inputs.items():
+        other = given.resolve()
+        if resolved == other or resolved.is_relative_to(other) or other.is_relative_to(resolved):
+            where = "is" if resolved == other else "is inside" if resolved.is_relative_to(other) else "holds"
+            raise ValueError(f"--work {work} {where} the {name} {given}; {fix}")
+    kind = file_kind(work)
+    if kind == "missing":
+        return
+    if kind != "a folder":
+        raise ValueError(f"--work {work} is {kind or 'a file'}, not a folder; {fix}")
+    if file_kind(work / WORK_MARKER) is not None:
+        raise ValueError(
+            f"--work {work} exists and was not made by kaggle-push (no {WORK_MARKER} file in it), so it is not "
+            f"rewritten; {fix}, or move that folder away yourself"
+        )
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """The JSON in ``path``, strictly: UTF-8, no duplicated key (the last would win
+    silently), no NaN.
+
+    Raises:
+        ValueError: naming the file, what is wrong and ``fix``.
+    """
+
+    def no_constant(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=no_constant)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); {fix}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply; {fix}") from None
+    except ValueError as err:  # JSONDecodeError, a duplicated key, NaN
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it ({err.strerror or err}); {fix}") from None
 
 
 def dataset_metadata(folder: Path, dataset_id: str, title: str) -> dict[str, object]:
-    """``folder/dataset-metadata.json`` with ``id`` set (title and licence kept when present)."""
+    """``folder/dataset-metadata.json`` with ``id`` set (title and licence kept when present).
+
+    Raises:
+        ValueError: the file is there but not a regular file holding one JSON object.
+    """
     path = folder / "dataset-metadata.json"
     meta: dict[str, object] = {}
-    if path.is_file():
-        try:
-            loaded = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); fix it or delete it") from None
-        if isinstance(loaded, dict):
-            meta = loaded
+    kind = file_kind(path)
+    fix = "fix it or delete it (kaggle-push writes a new one)"
+    if kind not in (None, "missing"):
+        raise ValueError(f"{path} is {kind}, not a file; {fix}")
+    if kind is None:
+        loaded = read_json(path, fix)
+        if not isinstance(loaded, dict):
+            raise ValueError(
+                f"{path} holds a JSON {type(loaded).__name__}, not an object like "
+                f'{{"id": "USER/SLUG", "title": "...", "licenses": [{{"name": "other"}}]}}; {fix}'
+            )
+        meta = loaded
     meta.setdefault("title", title)
     meta.setdefault("licenses", [{"name": "other"}])
     meta["id"] = dataset_id
@@ -155,12 +247,24 @@ def kernel_metadata(args: argparse.Namespace, code_file: str) -> dict[str, objec
 
 
 def notebook_text(path: Path, models_slug: str) -> str:
-    """The notebook's JSON with its parameters cell set to read ``models_slug``."""
-    notebook = json.loads(path.read_text())
+    """The notebook's JSON with its parameters cell set to read ``models_slug``.
+
+    Raises:
+        ValueError: ``path`` is not a Jupyter notebook, or has no (or several) cells
+            setting ``MODELS_DATASET``.
+    """
+    fix = "pass the inference notebook, notebooks/sartorius-inference.ipynb"
+    notebook = read_json(path, fix)
+    cells = notebook.get("cells") if isinstance(notebook, dict) else None
+    if not isinstance(cells, list) or "nbformat" not in notebook or not all(isinstance(c, dict) for c in cells):
+        raise ValueError(f"--notebook {path} is not a Jupyter notebook (a JSON object with nbformat and cells); {fix}")
     pattern = re.compile(r'^MODELS_DATASET = "[^"]*"', re.MULTILINE)
     hits = 0
-    for cell in notebook.get("cells", []):
-        source = "".join(cell.get("source", []))
+    for cell in cells:
+        raw = cell.get("source", [])
+        if not (isinstance(raw, str) or (isinstance(raw, list) and all(isinstance(line, str) for line in raw))):
+            raise ValueError(f"--notebook {path}: a cell's source is not text; {fix}")
+        source = "".join(raw)
         if cell.get("cell_type") == "code" and pattern.search(source):
             cell["source"] = pattern.sub(f'MODELS_DATASET = "{models_slug}"', source)
             hits += 1
@@ -259,6 +363,22 @@ def wait_for(kernel_id: str, version: int | None, timeout: float, poll: float) -
         time.sleep(poll)
 
 
+def make_work(work: Path) -> None:
+    """Make the kernel folder and its mark, unless it exists (then :func:`check_work` found the mark)."""
+    if work.is_dir():
+        return
+    try:
+        work.mkdir(parents=True)
+        (work / WORK_MARKER).write_text(
+            "Made by `python -m kernel_lib kaggle-push`: the kernel folder it pushes. kaggle-push rewrites "
+            "kernel-metadata.json and the notebook here, and no folder without this file.\n"
+        )
+    except OSError as err:
+        raise ValueError(
+            f"--work {work}: cannot make the folder ({err.strerror or err}); pass a writable place"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     check_inputs(args)
     bundle_id = f"{args.user}/{args.bundle_slug}"
@@ -275,15 +395,19 @@ def run(args: argparse.Namespace) -> int:
         args.work / "kernel-metadata.json": json.dumps(kernel_meta, indent=2) + "\n",
         args.work / code_file: text,
     }
+    for path in writes:
+        kind = file_kind(path)
+        if kind not in (None, "missing"):
+            raise ValueError(f"{path} is {kind}, not a regular file; it is never replaced: move it away")
     if args.dry_run:
-        print(f"dry run: would write {', '.join(str(p) for p in writes)}; kernel-metadata.json:")
+        made = "" if args.work.exists() else f" (making and marking {args.work})"
+        print(f"dry run: would write {', '.join(str(p) for p in writes)}{made}; kernel-metadata.json:")
         print(writes[args.work / "kernel-metadata.json"], end="")
     else:
-        if args.work.exists():
-            shutil.rmtree(args.work)
-        args.work.mkdir(parents=True)
+        make_work(args.work)
         for path, content in writes.items():
-            path.write_text(content)
+            with atomic_output(path) as tmp:
+                tmp.write_text(content)
 
     ship_dataset(args.bundle, bundle_id, args.notes, args.dry_run)
     ship_dataset(args.models, models_id, args.notes, args.dry_run)
