@@ -9,16 +9,19 @@ sample submission) that the ids are exactly the expected ones.
 
 from __future__ import annotations
 
+import csv
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from kernel_lib import tables
 from kernel_lib.config import IMAGE_SHAPE
-from kernel_lib.outputs import atomic_output
+from kernel_lib.outputs import atomic_output, file_kind
 from kernel_lib.rle import parse_runs, rle_problems, runs_to_indices
-from kernel_lib.tables import read_csv_columns
 
 __all__ = [
     "SUBMISSION_COLUMNS",
@@ -48,6 +51,43 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.id or '-'}: {self.what} ({self.where})"
+
+
+def read_csv_columns(path: str | Path, columns: Sequence[str], fix: str) -> pd.DataFrame:
+    """:func:`kernel_lib.tables.read_csv_columns`, after checking that ``path`` is a file:
+    a folder, a FIFO, a device or a broken link is named as what it is (a FIFO would
+    otherwise block the read), not called missing.
+
+    Raises:
+        ValueError: see :func:`kernel_lib.tables.read_csv_columns`.
+    """
+    kind = file_kind(path)
+    if kind not in (None, "missing"):
+        raise ValueError(f"{Path(path)} is {kind}, not a CSV file; {fix}")
+    return tables.read_csv_columns(path, columns, fix)
+
+
+_UNWRITABLE_ID = re.compile(r'[,"\n\r]')
+
+
+def _field_count_problems(path: Path, n_columns: int) -> list[Problem]:
+    """Rows of ``path`` (a CSV pandas read) with another number of fields than its header:
+    pandas would shift such a row's cells (the first becomes the index) or fill the
+    missing ones, and the checks on the columns would be checks on the wrong cells."""
+    problems: list[Problem] = []
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        for row_number, row in enumerate(reader, start=1):
+            if len(row) != n_columns and row:
+                problems.append(
+                    Problem(
+                        row[0].strip(),
+                        f"{len(row)} field(s), expected {n_columns} (the header's); a comma too many or too few",
+                        f"row {row_number}",
+                    )
+                )
+    return problems
 
 
 def id_problems(ids: Sequence[str]) -> list[str]:
@@ -83,8 +123,9 @@ def write_submission(
         The path written.
 
     Raises:
-        ValueError: ``predictions`` has an id that ``ids`` lacks, an id cannot be a CSV
-            cell, or the written file has problems (listed; ``path`` is untouched).
+        ValueError: no id at all, ``predictions`` has an id that ``ids`` lacks, an id
+            cannot be a CSV cell, or the written file has problems (listed; ``path`` is
+            untouched).
     """
     order = list(predictions) if ids is None else [str(i) for i in ids]
     if ids is not None:
@@ -94,6 +135,12 @@ def write_submission(
                 f"write_submission: predictions for {len(extra)} id(s) not among the expected ids, "
                 f"e.g. {extra[:3]}; pass ids that include them or drop those predictions"
             )
+    if not order:
+        kept = "the previous file is untouched" if Path(path).exists() else "nothing was written"
+        raise ValueError(
+            f"{path}: not written ({kept}): no image id to write (an empty sample submission or test folder); "
+            "a submission without rows scores nothing"
+        )
     bad_ids = id_problems(order)
     if bad_ids:
         raise ValueError(
@@ -165,8 +212,8 @@ def validate_submission(
         One :class:`Problem` per bad row, overlapping pair, or missing / extra id.
 
     Raises:
-        ValueError: the file (or the sample) is missing, not a CSV, or lacks the
-            ``id`` / ``predicted`` columns.
+        ValueError: the file (or the sample) is missing, not a regular file, not a CSV,
+            or lacks the ``id`` / ``predicted`` columns.
     """
     fix = "expected a CSV with header 'id,predicted' (see sample_submission.csv)"
     df = read_csv_columns(path, SUBMISSION_COLUMNS, fix)
@@ -174,11 +221,22 @@ def validate_submission(
     extra_cols = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
     if extra_cols:
         problems.append(Problem("", f"unexpected column(s) {extra_cols}", "header"))
+    fields = _field_count_problems(Path(path), len(df.columns))
+    if fields or not isinstance(df.index, pd.RangeIndex):
+        # the cells are not where the header says: every other check would read the wrong ones
+        return problems + (fields or [Problem("", "rows with more fields than the header", "file")])
+    raw_ids = df["id"].to_numpy()
     ids = df["id"].str.strip().to_numpy()
     rles = df["predicted"].to_numpy()
     row_numbers = np.arange(1, len(df) + 1)
     for r in row_numbers[ids == ""].tolist():
         problems.append(Problem("", "empty id", f"row {r}"))
+    for k in np.flatnonzero([bool(_UNWRITABLE_ID.search(i)) for i in raw_ids]).tolist():
+        problems.append(
+            Problem(repr(raw_ids[k]), "id with a comma, a quote or a line break (no image id has one)", f"row {k + 1}")
+        )
+    frame_digits = len(str(shape[0] * shape[1]))
+    too_long = re.compile(rf"(?<!\d)0*[1-9]\d{{{frame_digits},}}")  # a number > H*W: past the frame whatever it is
 
     by_id: dict[str, list[int]] = {}
     for k, image_id in enumerate(ids.tolist()):
@@ -186,7 +244,18 @@ def validate_submission(
             by_id.setdefault(image_id, []).append(k)
     for image_id, ks in by_id.items():
         empties = [k for k in ks if not rles[k].strip()]
-        good = [k for k in ks if rles[k].strip()]
+        good = []
+        for k in ks:
+            if not rles[k].strip():
+                continue
+            huge = too_long.search(rles[k])
+            if huge:  # checked here: past int64, start + length would wrap around
+                number = huge.group(0)
+                shown = number if len(number) <= 24 else f"{number[:20]}..."
+                frame = f"the {shape[0]}x{shape[1]} frame ({shape[0] * shape[1]} pixels)"
+                problems.append(Problem(image_id, f"bad RLE: number {shown} beyond {frame}", f"row {row_numbers[k]}"))
+            else:
+                good.append(k)
         try:  # fast path: every string of the image at once
             parse_runs([rles[k] for k in good], shape)
         except ValueError:  # find each bad row
