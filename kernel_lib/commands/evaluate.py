@@ -39,14 +39,28 @@ def print_report(report: ScoreReport, title: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.evaluate import MANIFEST, evaluate
-    from kernel_lib.outputs import check_output, note_output
+    from kernel_lib.outputs import check_input_file, check_output, file_kind, note_output
 
+    if args.config is not None:
+        check_input_file(args.config, "--config", "pass a JSON config (written by `tune` or `Config.to_json`)")
     config = load_config(args.config)
+    check_input_file(args.truth, "--truth", "pass the competition's train.csv")
+    if args.folds is not None:
+        check_input_file(args.folds, "--folds", "pass the folds CSV written by `python -m kernel_lib folds`")
     if not args.no_cache:
         cache = Path(args.cache)
-        if cache.exists() and not cache.is_dir():
-            raise ValueError(f"--cache {cache} is a file, not a folder; pass a folder for the instance cache")
-        inputs = {"--truth": args.truth, "--folds": args.folds, "--config": args.config}
+        kind = file_kind(cache)
+        if kind not in ("a folder", "missing"):
+            raise ValueError(
+                f"--cache {cache} is {kind or 'a file'}, not a folder; pass a folder for the instance cache"
+            )
+        inputs = {
+            "--truth": args.truth,
+            "--folds": args.folds,
+            "--config": args.config,
+            "--images": args.images,
+            "--models": args.models,
+        }
         note_output(check_output(cache / MANIFEST, inputs, flag="--cache"))
     result = evaluate(
         args.truth,

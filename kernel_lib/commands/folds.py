@@ -6,7 +6,7 @@ import argparse
 
 from kernel_lib.config import CELL_TYPES
 from kernel_lib.folds import make_folds, write_folds
-from kernel_lib.outputs import check_output, note_output
+from kernel_lib.outputs import check_input_file, check_output, note_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_input_file(args.truth, "--truth", "pass the competition's train.csv")
     note_output(check_output(args.out, {"--truth": args.truth}))
     folds = make_folds(args.truth, n_folds=args.n_folds, seed=args.seed)
     path = write_folds(folds, args.out)

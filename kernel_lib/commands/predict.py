@@ -46,25 +46,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.config import CONFIG_ENV, config_for_models
-    from kernel_lib.images import list_images
-    from kernel_lib.outputs import check_output, note_output
+    from kernel_lib.images import IMAGE_SUFFIXES, list_images
+    from kernel_lib.outputs import check_input_file, check_output, file_kind, note_output
     from kernel_lib.pipeline import run_inference
     from kernel_lib.submission import id_problems, read_csv_columns
 
+    if args.config is not None:
+        check_input_file(args.config, "--config", "pass a JSON config written by `tune`")
+    models_kind = file_kind(args.models)
+    if models_kind not in (None, "a folder", "missing"):
+        raise ValueError(f"--models {args.models} is {models_kind}; pass the folder of fold folders")
+    if models_kind is None:
+        raise ValueError(
+            f"--models {args.models} is a file, not a folder; pass the folder of fold folders "
+            "(<name>/config.yaml + model_final.pth)"
+        )
     config, config_file = config_for_models(args.models, args.config)
     if args.config is None and config_file is not None:
         where = f"named by {CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "beside the models"
         print(f"note: config {config_file} ({where}; --config overrides it)", file=sys.stderr)
     # everything that can be checked before the models run: the images (one file per
-    # id, the competition's frame), the ids as CSV cells, and the output path
+    # id, the competition's frame, no broken link), the ids as CSV cells, and the
+    # output path (never a file of an input: the models, the images, the sample, the config)
+    broken = []
+    if args.test_dir.is_dir():
+        try:
+            entries = sorted(args.test_dir.iterdir())
+        except OSError as err:
+            raise ValueError(
+                f"--test-dir {args.test_dir}: cannot list the folder ({err.strerror or err}); make it readable"
+            ) from None
+        broken = [
+            f"{p.name} ({file_kind(p)})"
+            for p in entries
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and file_kind(p) is not None
+        ]
+    if broken:
+        raise ValueError(
+            f"image folder {args.test_dir}: {len(broken)} image name(s) that are not readable image files: "
+            f"{', '.join(broken[:3])}; their ids would be missing from the submission: fix or remove them"
+        )
     paths = list_images(args.test_dir)
     inputs = {"--sample": args.sample, "--config" if args.config is not None else "config": config_file}
     inputs.update({f"--test-dir image {p.name}": p for p in paths})
+    inputs.update({"--test-dir": args.test_dir, "--models": args.models})
     note_output(check_output(args.out, inputs))
     ids = [p.stem for p in paths]
     if args.sample is not None:
-        sample = read_csv_columns(args.sample, ("id",), "pass the competition's sample_submission.csv")
+        fix = "pass the competition's sample_submission.csv"
+        check_input_file(args.sample, "--sample", fix)
+        sample = read_csv_columns(args.sample, ("id",), fix)
         ids = list(dict.fromkeys(sample["id"].str.strip()))  # as run_inference reads them
+        if not ids:
+            raise ValueError(
+                f"--sample {args.sample} lists no id (a header alone); a submission of no row scores nothing: {fix}"
+            )
     bad = id_problems(ids)
     if bad:
         where = args.sample or args.test_dir

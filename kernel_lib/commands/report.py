@@ -22,14 +22,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.config import load_config
     from kernel_lib.evaluate import MANIFEST, evaluate_cache, read_truth
-    from kernel_lib.images import IMAGE_SUFFIXES
-    from kernel_lib.outputs import check_output, note_output
+    from kernel_lib.outputs import check_input_file, check_output, file_kind, note_output
     from kernel_lib.report import render_html, write_report
 
+    if args.config:
+        check_input_file(args.config, "--config", "pass a JSON config (written by `tune` or `Config.to_json`)")
     config = load_config(args.config) if args.config else None
-    inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": Path(args.cache) / MANIFEST}
-    if args.images and Path(args.images).is_dir() and Path(args.out).suffix.lower() in IMAGE_SUFFIXES:
-        inputs.update({f"--images file {p.name}": p for p in Path(args.images).iterdir()})
+    check_input_file(args.truth, "--truth", "pass the competition's train.csv")
+    if args.images is not None:
+        kind = file_kind(args.images)
+        if kind != "a folder":
+            what = "does not exist" if kind == "missing" else f"is {kind or 'a file'}, not a folder"
+            raise ValueError(
+                f"--images {args.images} {what}; pass the folder of the <id>.png images for the overlays "
+                "(or leave --images out: no overlays)"
+            )
+    cache = Path(args.cache)
+    inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": cache / MANIFEST, "--cache": cache}
+    if args.images is not None:
+        inputs["--images"] = Path(args.images)
     note_output(check_output(args.out, inputs))
     evaluation, predictions = evaluate_cache(args.truth, args.cache, config)
     truth = read_truth(args.truth, ids=predictions)

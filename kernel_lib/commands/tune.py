@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from kernel_lib.config import load_config
 from kernel_lib.evaluate import MANIFEST, read_manifest
-from kernel_lib.outputs import atomic_output, check_output, note_output
+from kernel_lib.outputs import atomic_output, check_input_file, check_output, note_output
 from kernel_lib.tune import InstanceTable, Setting, images_from_cache, tune_postprocess
 
 
@@ -36,15 +36,24 @@ def _fmt(s: Setting) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config:
+        check_input_file(args.config, "--config", "pass a JSON config (written by `tune` or `Config.to_json`)")
     given = load_config(args.config) if args.config else None
     if args.trials < 1:
         raise ValueError(f"--trials: expected at least 1, got {args.trials}")
-    inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": Path(args.cache) / MANIFEST}
+    check_input_file(args.truth, "--truth", "pass the competition's train.csv")
+    cache = Path(args.cache)
+    inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": cache / MANIFEST, "--cache": cache}
     note_output(check_output(args.out, inputs))
     if args.history:
         note_output(check_output(args.history, {**inputs, "--out": args.out}, flag="--history"))
 
-    _, used = read_manifest(args.cache)
+    entries, used = read_manifest(args.cache)
+    if not entries:
+        raise ValueError(
+            f"{cache / MANIFEST} lists no image: nothing to tune on; fill the cache with "
+            f"`python -m kernel_lib evaluate ... --cache {cache}` on annotated images first"
+        )
     base = given or used
     if given is not None and given.ensemble != used.ensemble:
         print(
@@ -53,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         )
         base = given.replace(ensemble=used.ensemble)
     images, _ = images_from_cache(args.truth, args.cache, base.postprocess.mask_threshold)
+    if not images:
+        raise ValueError(f"no cached image of {cache} to tune on; run evaluate on annotated images first")
     table = InstanceTable.build(images, progress=lambda it: tqdm(it, desc="precompute", unit="img"))
     result = tune_postprocess(table, base.postprocess, trials=args.trials, seed=args.seed, refine=not args.no_refine)
     n_tried = sum(r.trials for r in result.per_type)
