@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
+import socket
+import stat
 from pathlib import Path
 
 import cv2
@@ -349,3 +352,411 @@ def test_score_json_with_nothing_to_score_is_null(
 def test_validate_and_write_agree_on_a_written_submission(tmp_path: Path) -> None:
     path = write_submission({"a": ["1 2", "10 3"], "b": []}, tmp_path / "s.csv")
     assert validate_submission(path) == []
+
+
+# ------------------------------------------- issue 21: nothing a user owns is lost
+#
+# Each command below runs in-process; `_refused` asserts the one-line error (exit 2, no
+# traceback) and that every file that existed before is byte-identical afterwards.
+
+
+def _snapshot(*roots: Path) -> dict[str, bytes | str]:
+    """Every entry under ``roots``: a regular file's bytes, else what it is (a FIFO, a
+    link and its target), so a replaced device or FIFO shows."""
+    out: dict[str, bytes | str] = {}
+    for root in roots:
+        for path in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
+            if path.is_symlink():
+                out[str(path)] = f"link to {os.readlink(path)}"
+            elif path.is_file():
+                out[str(path)] = path.read_bytes()
+            elif path.exists():
+                out[str(path)] = oct(path.stat().st_mode)
+    return out
+
+
+def _refused(capsys: pytest.CaptureFixture[str], args: list[str], *must: str, code: int = 2) -> str:
+    """Run ``args``: exit ``code`` (2: one ``error:`` line holding every ``must``), no traceback."""
+    capsys.readouterr()
+    assert main(args) == code
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "Traceback" not in err + captured.out
+    if code == 2:
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, err
+        for text in must:
+            assert text in errors[0], (text, errors[0])
+        return errors[0]
+    return captured.out
+
+
+@pytest.fixture
+def push_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A staged bundle, a models folder of two stand-in folds, and `kaggle` replaced by a
+    recorder that answers like a successful CLI (no process, no network)."""
+    bundle = tmp_path / "bundle"
+    (bundle / "wheels").mkdir(parents=True)
+    (bundle / "wheels" / "sal_detectron2-0.7.2+pure-py3-none-any.whl").write_bytes(b"stand-in")
+    (bundle / "dataset-metadata.json").write_text(
+        json.dumps({"title": "Sartorius offline bundle", "id": "u/x", "licenses": [{"name": "other"}]})
+    )
+    models = tmp_path / "runs" / "models"
+    for fold in ("fold0", "fold1"):
+        (models / fold).mkdir(parents=True)
+        (models / fold / "config.yaml").write_text("MODEL: {}\n")
+        (models / fold / "model_final.pth").write_bytes(f"weights of {fold}".encode())
+    (models / "models.json").write_text(json.dumps({"models": [{"name": "fold0"}, {"name": "fold1"}]}))
+    calls: list[list[str]] = []
+
+    def fake_kaggle(args: list[str], check: bool = True) -> tuple[int, str]:
+        calls.append(list(args))
+        return 0, "Kernel version 3 successfully pushed.\n" if args[:2] == ["kernels", "push"] else "ready\n"
+
+    monkeypatch.setattr("kernel_lib.commands.kaggle_push.run_kaggle", fake_kaggle)
+    return {"bundle": bundle, "models": models, "runs": tmp_path / "runs", "tmp": tmp_path, "calls": calls}  # type: ignore[dict-item]
+
+
+def _push(inputs: dict[str, Path], work: Path | str, *extra: str) -> list[str]:
+    return [
+        "kaggle-push", "--models", str(inputs["models"]), "--bundle", str(inputs["bundle"]), "--user", "bob",
+        "--work", str(work), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+@pytest.mark.parametrize("which", ["models", "runs", "cwd", "own-folder", "bundle-inside"])
+def test_kaggle_push_never_rewrites_a_work_folder_it_did_not_make(
+    which: str,
+    dry_run: bool,
+    push_inputs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21.1: `--work runs` emptied runs/ (the models in it) before any Kaggle command."""
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "notes.txt").write_text("my notes")
+    monkeypatch.chdir(own)
+    work = {
+        "models": push_inputs["models"],
+        "runs": push_inputs["runs"],
+        "cwd": Path("."),
+        "own-folder": own,
+        "bundle-inside": push_inputs["bundle"] / "kernel",
+    }[which]
+    before = _snapshot(tmp_path)
+    line = _refused(capsys, _push(push_inputs, work, *(["--dry-run"] if dry_run else [])), f"--work {work}")
+    assert "pass a new folder" in line
+    assert _snapshot(tmp_path) == before
+    assert push_inputs["calls"] == []  # type: ignore[comparison-overlap]
+
+
+def test_kaggle_push_marks_its_work_folder_reuses_it_and_deletes_nothing(
+    push_inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "kernel"
+    assert main(_push(push_inputs, work, "--dry-run")) == 0
+    assert not work.exists()  # a dry run writes nothing
+    assert main(_push(push_inputs, work)) == 0
+    assert sorted(p.name for p in work.iterdir()) == [
+        ".kaggle-push-work",
+        "kernel-metadata.json",
+        "sartorius-inference.ipynb",
+    ]
+    (work / "scratch.txt").write_text("kept")
+    assert main(_push(push_inputs, work)) == 0  # its own folder: rewritten in place
+    assert (work / "scratch.txt").read_text() == "kept"
+    assert json.loads((work / "kernel-metadata.json").read_text())["id"] == "bob/sartorius-inference"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--user", "bob\n"], "--user: expected your Kaggle user name"),
+        (["--kernel-slug", "my-kernel\n"], "--kernel-slug: expected 6-50"),
+        (["--timeout", "nan"], "--timeout > 0 seconds (finite numbers), got 60.0 and nan"),
+        (["--poll", "inf"], "finite numbers"),
+        (["--accelerator", ""], "--accelerator: expected a machine shape name"),
+        (["--accelerator", "T4 x2"], "--accelerator: expected a machine shape name"),
+    ],
+)
+def test_kaggle_push_bad_options_are_one_clear_error(
+    extra: list[str], message: str, push_inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(push_inputs["tmp"])
+    extra = [*extra, "--poll", "60"] if "--poll" not in extra else extra
+    _refused(capsys, _push(push_inputs, push_inputs["tmp"] / "kernel", *extra), message)
+    assert _snapshot(push_inputs["tmp"]) == before and push_inputs["calls"] == []  # type: ignore[comparison-overlap]
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "message"),
+    [
+        ("models", "[1, 2]", "holds a JSON list, not an object"),
+        ("bundle", '"just a string"', "holds a JSON str, not an object"),
+        ("models", '{"title": "A", "title": "B"}', "key 'title' appears twice"),
+        ("bundle", '{"title": NaN}', "NaN is not JSON"),
+        ("models", "\xff\xfe{}", "not UTF-8"),
+        ("models", "[" * 100000 + "]" * 100000, "dataset-metadata.json"),
+    ],
+)
+def test_kaggle_push_refuses_dataset_metadata_it_cannot_read(
+    where: str, text: str, message: str, push_inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = push_inputs[where] / "dataset-metadata.json"
+    path.write_bytes(text.encode("latin-1"))
+    before = _snapshot(push_inputs["tmp"])
+    for dry in ([], ["--dry-run"]):
+        _refused(capsys, _push(push_inputs, push_inputs["tmp"] / "kernel", *dry), str(path), message)
+    assert _snapshot(push_inputs["tmp"]) == before and push_inputs["calls"] == []  # type: ignore[comparison-overlap]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("notes.txt", "not a notebook", "is not a Jupyter notebook (.ipynb)"),
+        ("broken.ipynb", "{not json", "is not valid JSON"),
+        ("list.ipynb", "[]", "is not a Jupyter notebook (a JSON object with nbformat and cells)"),
+        ("cells.ipynb", '{"nbformat": 4, "cells": [1]}', "is not a Jupyter notebook"),
+        ("source.ipynb", '{"nbformat": 4, "cells": [{"source": 5}]}', "a cell's source is not text"),
+        ("none.ipynb", '{"nbformat": 4, "cells": []}', "expected one code cell setting MODELS_DATASET"),
+        ("folder.ipynb", None, "is a folder, not a file"),
+    ],
+)
+def test_kaggle_push_refuses_a_notebook_that_is_not_one(
+    name: str,
+    content: str | None,
+    message: str,
+    push_inputs: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    notebook = push_inputs["tmp"] / name
+    if content is None:
+        notebook.mkdir()
+    else:
+        notebook.write_text(content)
+    before = _snapshot(push_inputs["tmp"])
+    args = _push(push_inputs, push_inputs["tmp"] / "kernel", "--notebook", str(notebook))
+    _refused(capsys, args, str(notebook), message)
+    assert _snapshot(push_inputs["tmp"]) == before and push_inputs["calls"] == []  # type: ignore[comparison-overlap]
+
+
+@pytest.fixture
+def fold_models(tmp_path: Path) -> Path:
+    """A models folder of one stand-in fold (the checks below run before any model loads)."""
+    models = tmp_path / "models"
+    (models / "fold0").mkdir(parents=True)
+    (models / "fold0" / "config.yaml").write_text("MODEL: {}\n")
+    (models / "fold0" / "model_final.pth").write_bytes(b"the trained weights")
+    (models / "fold0" / "meta.json").write_text('{"fold": 0}')
+    (models / "models.json").write_text('{"models": [{"name": "fold0", "weight": 1.0}]}')
+    return models
+
+
+@pytest.mark.parametrize("target", ["fold0/model_final.pth", "fold0/config.yaml", "fold0/meta.json", "models.json"])
+def test_predict_out_never_replaces_a_file_of_the_models(
+    target: str, fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.2: `predict --out MODELS/fold0/model_final.pth` exited 0 and destroyed the fold."""
+    before = _snapshot(tmp_path)
+    out = fold_models / target
+    args = ["predict", "--test-dir", str(data_dir / "test"), "--models", str(fold_models), "--out", str(out)]
+    _refused(capsys, args, f"--out {out} is a file inside the --models folder {fold_models}")
+    assert _snapshot(tmp_path) == before
+
+
+def test_predict_out_may_be_a_new_file_in_an_input_folder_but_not_replace_an_image(
+    fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    test_dir = tmp_path / "test"
+    shutil.copytree(data_dir / "test", test_dir)
+    (test_dir / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    args = ["predict", "--test-dir", str(test_dir), "--models", str(fold_models), "--out", str(test_dir / "notes.txt")]
+    _refused(capsys, args, "is a file inside the --test-dir folder")
+    assert _snapshot(tmp_path) == before
+    # a new file there passes the output check (and fails later, at the stand-in models)
+    assert check_output(test_dir / "submission.csv", {"--test-dir": test_dir}) is None
+
+
+@pytest.fixture
+def filled_cache(tmp_path: Path, data_dir: Path) -> Path:
+    cache = tmp_path / "cache"
+    image_id = "5d066f4c3eef"
+    save_instances(cache / f"{image_id}.npz", _instances(), "k")
+    write_manifest(cache, [CacheEntry(image_id, cache / f"{image_id}.npz", "k", ("fold0",), 0)], Config())
+    return cache
+
+
+@pytest.mark.parametrize("command", ["tune", "report"])
+@pytest.mark.parametrize("target", ["5d066f4c3eef.npz", "manifest.json"])
+def test_tune_and_report_out_never_replace_a_cache_file(
+    command: str, target: str, filled_cache: Path, truth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.2: `tune --out CACHE/<id>.npz` replaced a cache entry with a config."""
+    before = _snapshot(tmp_path)
+    out = filled_cache / target
+    args = [command, "--truth", str(truth), "--cache", str(filled_cache), "--out", str(out)]
+    _refused(capsys, args, f"--out {out}")
+    assert _snapshot(tmp_path) == before
+
+
+def _special(tmp_path: Path, kind: str) -> Path:
+    """A FIFO, a listening unix socket's file, or (root only) a character device node in tmp_path."""
+    path = tmp_path / f"special-{kind}"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    else:
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        except (PermissionError, OSError) as err:
+            pytest.skip(f"cannot make a device node here ({err})")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "device"])
+@pytest.mark.parametrize("command", ["folds", "predict", "tune"])
+def test_an_output_that_is_a_device_fifo_or_socket_is_refused(
+    kind: str,
+    command: str,
+    truth: Path,
+    fold_models: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21.3: such an --out was replaced by a regular file (as root, /dev/null itself)."""
+    out = _special(tmp_path, kind)
+    before = _snapshot(tmp_path)
+    args = {
+        "folds": ["folds", "--truth", str(truth)],
+        "predict": ["predict", "--test-dir", str(data_dir / "test"), "--models", str(fold_models)],
+        "tune": ["tune", "--truth", str(truth), "--cache", str(tmp_path / "cache")],
+    }[command]
+    words = {"fifo": "a FIFO (named pipe)", "socket": "a socket", "device": "a character device"}[kind]
+    _refused(capsys, [*args, "--out", str(out)], f"--out {out} is {words}, not a regular file")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/full"])
+def test_system_devices_are_refused_as_outputs_without_touching_them(device: str) -> None:
+    """Checked through check_output alone: as root, the old code replaced the device."""
+    if not Path(device).exists():
+        pytest.skip(f"{device} absent")
+    with pytest.raises(ValueError, match=f"--out {device} is a character device, not a regular file"):
+        check_output(device)
+    with pytest.raises(ValueError, match="is a character device"), atomic_output(device) as tmp:
+        tmp.write_text("never")
+    assert stat.S_ISCHR(os.stat(device).st_mode)
+
+
+def test_an_out_ending_with_a_slash_is_refused_not_written_as_a_file(
+    truth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.8: `--out newdir/` wrote a file named newdir. A trailing slash means a
+    folder; the file to write in it is not guessed: refused, nothing made."""
+    for given in (f"{tmp_path}/newdir/", f"{tmp_path}/newdir/.", f"{tmp_path}/x/.."):
+        _refused(capsys, ["folds", "--truth", str(truth), "--out", given], f"--out {given} names a folder")
+    assert _only_file(tmp_path) == ["train.csv"]
+
+
+def test_predict_refuses_a_sample_without_ids_and_keeps_the_submission(
+    fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.8: a header-only --sample wrote a 0-row submission over the previous one."""
+    sample = tmp_path / "sample.csv"
+    sample.write_text("id,predicted\n")
+    out = tmp_path / "submission.csv"
+    out.write_text(GOOD)
+    before = _snapshot(tmp_path)
+    args = ["predict", "--test-dir", str(data_dir / "test"), "--models", str(fold_models), "--out", str(out)]
+    _refused(capsys, [*args, "--sample", str(sample)], f"--sample {sample} lists no id")
+    assert _snapshot(tmp_path) == before
+    with pytest.raises(ValueError, match=r"not written \(the previous file is untouched\): no image id"):
+        write_submission({}, out, ids=[])
+    assert out.read_text() == GOOD
+
+
+@pytest.mark.parametrize("link", ["dangling", "loop", "folder"])
+def test_predict_names_an_image_that_is_a_broken_link(
+    link: str, fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.8: a dangling or looping .png link was skipped without a word (its id missing)."""
+    test_dir = tmp_path / "test"
+    shutil.copytree(data_dir / "test", test_dir)
+    bad = test_dir / "0000aaaa.png"
+    if link == "dangling":
+        bad.symlink_to(tmp_path / "gone.png")
+    elif link == "loop":
+        bad.symlink_to(bad)
+    else:
+        bad.mkdir()
+    words = {"dangling": "a symbolic link to nothing", "loop": "a symbolic link loop", "folder": "a folder"}[link]
+    out = tmp_path / "s.csv"
+    args = ["predict", "--test-dir", str(test_dir), "--models", str(fold_models), "--out", str(out)]
+    _refused(capsys, args, f"0000aaaa.png ({words})", "fix or remove them")
+    assert not out.exists()
+
+
+def test_tune_refuses_a_cache_without_images(truth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 21.8: tune on a manifest of no image wrote a config."""
+    cache = tmp_path / "cache"
+    write_manifest(cache, [], Config())
+    out = tmp_path / "best.json"
+    _refused(capsys, ["tune", "--truth", str(truth), "--cache", str(cache), "--out", str(out)], "lists no image")
+    assert not out.exists()
+
+
+def test_report_refuses_an_images_folder_that_is_not_one(
+    truth: Path, filled_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.8: `report --images MISSING` exited 0 with no overlays."""
+    out = tmp_path / "report.html"
+    args = ["report", "--truth", str(truth), "--cache", str(filled_cache), "--out", str(out)]
+    _refused(capsys, [*args, "--images", str(tmp_path / "nowhere")], "--images", "nowhere does not exist")
+    _refused(capsys, [*args, "--images", str(truth)], "is a file, not a folder")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("id,predicted\na,9223372036854775000 9000\n", "a: bad RLE: number 9223372036854775000 beyond the 520x704"),
+        ("id,predicted\na,1 2,extra\nb,\n", "a: 3 field(s), expected 2"),
+        ("id,predicted\na,1 2,3 4\nb,\n", "a: 3 field(s), expected 2"),
+        ('id,predicted\n"a\nb",1 2\n', "'a\\nb': id with a comma, a quote or a line break"),
+    ],
+)
+def test_validate_finds_what_it_called_valid(
+    text: str, what: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.6: each of these was "valid" (a run past int64, pandas making the first
+    column the index, an id with a newline)."""
+    path = tmp_path / "s.csv"
+    path.write_text(text)
+    out = _refused(capsys, ["validate", str(path)], code=1)
+    assert what in out
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device", "zero"])
+def test_a_csv_input_that_is_not_a_file_is_named_for_what_it_is(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.11: a folder, a FIFO or /dev/zero as a CSV was said not to exist (a FIFO
+    would block the read)."""
+    if kind == "zero":
+        path, words = Path("/dev/zero"), "a character device"
+    elif kind == "folder":
+        path, words = tmp_path, "a folder"
+    else:
+        path = _special(tmp_path, kind)
+        words = {"fifo": "a FIFO (named pipe)", "device": "a character device"}[kind]
+    _refused(capsys, ["validate", str(path)], f"{path} is {words}, not a CSV file")
+    _refused(capsys, ["score", "--truth", str(path), "--pred", str(path)], f"{path} is {words}")
+    _refused(capsys, ["folds", "--truth", str(path), "--out", str(tmp_path / "f.csv")], f"--truth {path} is {words}")
