@@ -28,6 +28,7 @@ from kernel_lib.config import (
     EnsembleConfig,
     InferenceConfig,
     PostprocessConfig,
+    config_for_models,
     load_config,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "InferenceResult",
     "PostprocessConfig",
     "SoftInstances",
+    "config_for_models",
     "finalize",
     "load_config",
     "load_models",
