@@ -12,8 +12,9 @@
 # the inference notebook reads (see the README, "Training fold models").
 #
 # Settings: GPU on, internet off. Inputs: the competition data and the bundle dataset
-# (`wheels/`, made by `build_dataset.py`); optionally a dataset holding initial weights
-# (`INIT_WEIGHTS`, e.g. a COCO Mask R-CNN `.pkl`); without one the models train from scratch.
+# (`kernel_lib_bootstrap.py` and `wheels/`, made by `build_dataset.py`); optionally a dataset
+# holding initial weights (`INIT_WEIGHTS`, e.g. a COCO Mask R-CNN `.pkl`); without one the
+# models train from scratch.
 
 # %%
 # 1. Install detectron2 and kernel_lib: the inference notebook's install cell (its first code

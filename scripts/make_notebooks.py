@@ -8,8 +8,9 @@ else in the notebook metadata, so that regenerating gives the same file.
 
 Run ``python scripts/make_notebooks.py`` after editing a notebook's .py; ``--check``
 only compares and exits 1 when a committed .ipynb differs (tests run it). Both notebooks
-start with the same offline install cell. It is written once, as the inference
-notebook's first code cell; the training notebook's source holds a placeholder cell
+start with the same offline install cell (it finds and runs the bundle dataset's
+kernel_lib_bootstrap.py). It is written once, as the inference notebook's first code
+cell; the training notebook's source holds a placeholder cell
 (:data:`INSTALL_PLACEHOLDER`) that this script replaces with it.
 """
 

@@ -1,10 +1,12 @@
 """The notebook's install cell and the detectron2 metadata against images newer than the bundle.
 
 1. The install cell (run as a script by a fresh venv's Python, offline) on a bundle whose
-   wheels are stand-ins: it finds the bundle under the new input layout, unpacks a
-   ``wheels.zip`` that Kaggle left as an archive, and never changes a package the image
-   already has, even when the bundle ships an older release of it (the real bundle ships
-   iopath 0.1.9 and omegaconf 2.3.1; images may have 0.1.10 and 2.4.0).
+   wheels are stand-ins, beside the real kernel_lib_bootstrap.py (kernel_lib/bootstrap.py,
+   staged by build_dataset.py): the cell finds and runs the bootstrap under the new input
+   layout, which unpacks a ``wheels.zip`` that Kaggle left as an archive and never changes
+   a package the image already has, even when the bundle ships an older release of it
+   (the real bundle ships iopath 0.1.9 and omegaconf 2.3.1; images may have 0.1.10 and
+   2.4.0).
 2. The real detectron2 and kernel_lib in an environment with setuptools >= 82 (no
    ``pkg_resources``), iopath 0.1.10 and omegaconf 2.4.0 from the package index: the
    configs build, demo models are written and loaded. Skipped when the index is unreachable.
@@ -35,6 +37,10 @@ NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
 
 def load_wheelhouse() -> ModuleType:
     return load_script(ROOT / "scripts" / "wheelhouse.py", "wheelhouse_for_install")
+
+
+def stage_bootstrap(dataset: Path) -> Path:
+    return load_script(ROOT / "build_dataset.py", "build_dataset_for_install").stage_bootstrap(dataset)
 
 
 def install_cell() -> str:
@@ -122,8 +128,10 @@ def image(base_venv: Path, tmp_path: Path) -> Path:
 
 def bundle(folder: Path, detectron2_requires: list[str]) -> Path:
     """Stand-ins of the bundle's wheels: sal-detectron2 requiring ``detectron2_requires``,
-    one wheel per requirement (the older iopath / omegaconf the real bundle ships), kernel_lib."""
+    one wheel per requirement (the older iopath / omegaconf the real bundle ships), kernel_lib;
+    the real bootstrap beside the folder, as build_dataset.py stages it."""
     folder.mkdir(parents=True)
+    stage_bootstrap(folder.parent)
     stand_in_wheel(folder, "sal-detectron2", "0.7.2+pure", detectron2_requires, module="detectron2")
     stand_in_wheel(folder, "kernel_lib", "0.1.0")
     shipped = {"iopath": "0.1.9", "omegaconf": "2.3.1", "fvcore": "0.1.5.post20221221"}
@@ -143,7 +151,7 @@ def test_install_cell_unpacks_wheels_zip_in_the_new_layout_and_keeps_newer_packa
     requires = load_wheelhouse().REQUIRES
     wheels = bundle(tmp_path / "staged" / "wheels", requires)
     dataset = tmp_path / "input" / "datasets" / "some-user" / "sartorius-offline-bundle"
-    dataset.mkdir(parents=True)
+    stage_bootstrap(dataset)
     with zipfile.ZipFile(dataset / "wheels.zip", "w") as archive:  # as uploaded with --dir-mode zip, not unpacked
         for path in sorted(wheels.iterdir()):
             archive.write(path, path.name)
@@ -187,9 +195,15 @@ def test_install_cell_names_what_it_found_when_the_bundle_is_missing(image: Path
     result = run_cell(image / "bin" / "python", tmp_path / "input", tmp_path)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert "no sal_detectron2 wheel (nor wheels.zip holding one)" in last
+    assert last.startswith("FileNotFoundError: no kernel_lib_bootstrap.py under")
     assert "competitions/sartorius-cell-instance-segmentation" in last
     assert "datasets/some-user/sartorius-fold-models" in last
+    # the bootstrap without its wheels: its own error, naming what is there
+    stage_bootstrap(tmp_path / "input" / "datasets" / "some-user" / "sartorius-offline-bundle")
+    result = run_cell(image / "bin" / "python", tmp_path / "input", tmp_path)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and "no sal_detectron2 wheel (nor wheels.zip holding one)" in last
+    assert "datasets/some-user/sartorius-offline-bundle" in last
 
 
 def test_detectron2_metadata_has_no_caps_that_force_a_downgrade() -> None:

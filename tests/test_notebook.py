@@ -1,13 +1,17 @@
 """The inference notebook, executed with nbclient against a local /kaggle-like tree.
 
-Two random-weight fold models (kernel_lib.demo_models), the three shipped test images
-and sample_submission.csv; the notebook's own cells install nothing (this .venv already
-has detectron2 and kernel_lib), run the pipeline once, validate the submission, write
-the timing table and draw the overlays.
+Two random-weight fold models (kernel_lib.demo_models), the three shipped test images,
+sample_submission.csv and the bundle's kernel_lib_bootstrap.py; the notebook's install
+cell runs that bootstrap, which installs nothing (this .venv already has detectron2 and
+kernel_lib), then the notebook runs the pipeline once, validates the submission, writes
+the timing table and draws the overlays. The install cell's search for the bootstrap is
+tested here on its own; the bootstrap in tests/test_bootstrap.py, the real offline
+install in tests/test_install.py and tests/test_bundle.py.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -23,17 +27,30 @@ import nbformat
 import pandas as pd
 import pytest
 
+import kernel_lib
 from kernel_lib.config import IMAGE_SHAPE, Config, EnsembleConfig, config_for_models
 from kernel_lib.testing import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
 COMPETITION = "sartorius-cell-instance-segmentation"
+BOOTSTRAP = "kernel_lib_bootstrap.py"
+MAX_CODE_LINES = 60
+"""The inference notebook stays thin: at most this many code lines (non-blank, non-comment lines of its code cells)."""
 
 
 def code_cells() -> list[str]:
     notebook = json.loads(NOTEBOOK.read_text())
     return ["".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code"]
+
+
+def code_lines(cells: list[str]) -> int:
+    return sum(1 for cell in cells for line in cell.splitlines() if line.strip() and not line.strip().startswith("#"))
+
+
+def stage_bootstrap(dataset: Path) -> Path:
+    """build_dataset.py's staging of kernel_lib/bootstrap.py at a bundle dataset's root."""
+    return load_script(ROOT / "build_dataset.py", "build_dataset_for_notebook").stage_bootstrap(dataset)
 
 
 def test_committed_notebook_is_generated_clean_and_thin() -> None:
@@ -47,13 +64,23 @@ def test_committed_notebook_is_generated_clean_and_thin() -> None:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
     cells = code_cells()
-    assert cells[0].startswith("# 1. Install") and "--no-index" in cells[0] and "--find-links" in cells[0]
+    assert cells[0].startswith("# 1. Install") and BOOTSTRAP in cells[0] and "runpy.run_path(" in cells[0]
     assert cells[1].startswith("# 2. Parameters")
     assert 'os.environ.get("KAGGLE_INPUT", "/kaggle/input")' in cells[1]
     assert 'os.environ.get("KAGGLE_WORKING", "/kaggle/working")' in cells[1]
     text = "\n".join(cells)
     assert text.count("run_inference(") == 1  # the one library call
     assert not re.search(r"^\s*(def|class) ", text, re.MULTILINE)  # no logic of its own
+    assert code_lines(cells) <= MAX_CODE_LINES, code_lines(cells)
+    # names imported from the package itself are its public surface (kernel_lib.__all__)
+    imported = [
+        alias.name
+        for cell in cells
+        for node in ast.walk(ast.parse(cell))
+        if isinstance(node, ast.ImportFrom) and node.module == "kernel_lib"
+        for alias in node.names
+    ]
+    assert "config_for_models" in imported and set(imported) <= set(kernel_lib.__all__)
 
 
 def _generator() -> ModuleType:
@@ -87,16 +114,85 @@ def test_generator_writes_stable_notebooks_and_check_names_the_command(
     assert "sartorius-inference" not in err  # only the stale one is named
 
     # the install cell is written once (the inference notebook's): an edit there reaches both
-    sources[0].write_text(sources[0].read_text().replace("import zipfile\n", "import zipfile  # unpack\n", 1))
+    sources[0].write_text(sources[0].read_text().replace("import runpy\n", "import runpy  # run it\n", 1))
     assert generator.main([]) == 0
     cells = [json.loads(source.with_suffix(".ipynb").read_text())["cells"] for source in sources]
     installs = ["".join(next(c for c in nb if c["cell_type"] == "code")["source"]) for nb in cells]
-    assert installs[0] == installs[1] and "import zipfile  # unpack" in installs[1]
+    assert installs[0] == installs[1] and "import runpy  # run it" in installs[1]
     # the training notebook's source must keep its placeholder cell
     sources[1].write_text(sources[1].read_text().replace(generator.INSTALL_PLACEHOLDER, "# 1. Something else"))
     capsys.readouterr()
     assert generator.main([]) == 1
     assert "where the install cell goes" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the install cell
+
+
+def fake_bootstrap(dataset: Path, name: str) -> Path:
+    """A kernel_lib_bootstrap.py whose main() says which one ran."""
+    dataset.mkdir(parents=True, exist_ok=True)
+    path = dataset / BOOTSTRAP
+    path.write_text(f"def main():\n    print('bootstrap {name} ran from', __file__)\n    return []\n")
+    return path
+
+
+def run_install_cell(kaggle_input: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAGGLE_INPUT", str(kaggle_input))
+    exec(code_cells()[0], {})
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [("sartorius-offline-bundle",), ("competitions", "some-bundle"), ("datasets", "someone", "my-bundle")],
+    ids=["<slug>", "competitions/<slug>", "datasets/<owner>/<slug>"],
+)
+def test_install_cell_runs_the_bootstrap_in_each_layout(
+    layout: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "competitions" / COMPETITION / "test").mkdir(parents=True)
+    path = fake_bootstrap(tmp_path.joinpath(*layout), "staged")
+    fake_bootstrap(tmp_path / "datasets" / "someone" / "zz-bundle" / "nested", "nested")  # only a fallback
+    run_install_cell(tmp_path, monkeypatch)
+    assert capsys.readouterr().out == f"bootstrap staged ran from {path}\n"
+
+
+def test_install_cell_takes_the_first_layout_then_looks_anywhere_below(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nested = fake_bootstrap(tmp_path / "datasets" / "someone" / "bundle" / "inner", "nested")
+    run_install_cell(tmp_path, monkeypatch)  # in no layout: found anywhere below
+    assert capsys.readouterr().out == f"bootstrap nested ran from {nested}\n"
+    fake_bootstrap(tmp_path / "datasets" / "someone" / "bundle", "new")
+    classic = fake_bootstrap(tmp_path / "bundle", "classic")
+    run_install_cell(tmp_path, monkeypatch)
+    assert capsys.readouterr().out == f"bootstrap classic ran from {classic}\n"
+
+
+def test_install_cell_runs_the_real_bootstrap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The staged kernel_lib/bootstrap.py, in this .venv (which has detectron2 and kernel_lib)."""
+    pytest.importorskip("detectron2")
+    stage_bootstrap(tmp_path / "datasets" / "someone" / "sartorius-offline-bundle")
+    run_install_cell(tmp_path, monkeypatch)
+    assert capsys.readouterr().out == "detectron2 and kernel_lib are already importable: nothing to install\n"
+
+
+def test_install_cell_without_the_bundle_lists_the_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "competitions" / COMPETITION).mkdir(parents=True)
+    (tmp_path / "datasets" / "someone" / "sartorius-fold-models").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as info:
+        run_install_cell(tmp_path, monkeypatch)
+    message = str(info.value)
+    assert f"no {BOOTSTRAP} under {tmp_path}" in message
+    assert f"competitions/{COMPETITION}" in message and "datasets/someone/sartorius-fold-models" in message
+    assert "build_dataset.py" in message and "dataset_sources" in message  # the fix
+    with pytest.raises(FileNotFoundError, match="which holds: nothing"):
+        run_install_cell(tmp_path / "no-such-root", monkeypatch)
+
+
+# --------------------------------------------------------------------------- the parameters cell and a full run
 
 
 LAYOUTS = {
@@ -183,6 +279,7 @@ def kaggle_tree(
         shutil.copy(image, competition / "test" / image.name)
     shutil.copy(data_dir / "sample_submission.csv", competition / "sample_submission.csv")
     make_demo_models(inputs / models_at, n_folds=2, min_size_test=320, max_size_test=448)
+    stage_bootstrap(inputs / models_at.replace("sartorius-fold-models", "sartorius-offline-bundle"))
     working.mkdir()
     config = tmp_path / "config.json"  # quick on the CPU: one view, at most 100 detections per image
     config.write_text(
