@@ -301,6 +301,14 @@ def parse_runs(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> tup
     Raises:
         ValueError: a string is malformed; names its index and the problem.
     """
+    ok, inst, starts, lengths = scan_runs(rles, shape)
+    if ok.all():
+        return inst, starts, lengths
+    return _parse_runs_one_by_one(rles, shape)  # words the first problem (or parses the rare forms)
+
+
+def _parse_runs_one_by_one(rles: Sequence[str], shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """:func:`parse_runs` token by token: the path for strings :func:`scan_runs` refuses."""
     counts = np.zeros(len(rles), np.int64)
     pieces: list[list[str]] = []
     for k, rle in enumerate(rles):
@@ -334,6 +342,92 @@ def parse_runs(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> tup
         problems = _run_problems(starts1[inst == k], lengths[inst == k], shape)
         raise ValueError(f"RLE {k}: {problems[0] if problems else 'invalid runs'}")
     return inst, starts1 - 1, lengths
+
+
+_CHAR_KIND = np.array(
+    [0 if chr(c).isspace() else 1 if chr(c).isdigit() else 2 for c in range(128)] + [2] * 128, np.uint8
+)
+"""Per byte of an ASCII text: 0 = whitespace (what ``str.split()`` splits on), 1 = digit,
+2 = anything else (bytes >= 128 never occur: non-ASCII strings are left to
+:func:`rle_problems`)."""
+
+_MAX_DIGITS = 18
+"""Longest token :func:`scan_runs` converts itself (10**18 - 1 fits int64 with room for
+``start + length``); longer ones (leading zeros, or too large) go to :func:`rle_problems`."""
+
+_POW10 = 10 ** np.arange(_MAX_DIGITS, dtype=np.int64)
+
+
+def scan_runs(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, ...]:
+    """Parse and check many RLE strings at once, without raising.
+
+    One pass over the bytes of all strings joined: token boundaries from a digit /
+    whitespace table, numbers from their digits (``np.add.reduceat``), then the checks
+    of :func:`rle_problems` (pairs, start >= 1, length >= 1, inside the frame, sorted,
+    not overlapping) as array comparisons over all runs.
+
+    Args:
+        rles: N strings (``""`` is an empty mask).
+        shape: (H, W) of the frame.
+
+    Returns:
+        ``(ok, inst, starts, lengths)``: ``ok`` (N,) bool; ``ok[k]`` implies
+        ``rle_problems(rles[k], shape) == []``, and the runs of every ``ok`` string are in
+        ``inst``, ``starts`` (0-based flat indices), ``lengths``: (R,) int64 arrays
+        grouped by string index ``inst`` in order, runs in the string's order (exactly
+        :func:`parse_runs`' arrays for those strings). ``ok[k]`` False: string k is
+        malformed, or of a form left to the per-string :func:`rle_problems` (not a str,
+        non-ASCII characters, a number written with more than 18 digits), which says
+        what is wrong, if anything.
+    """
+    n = len(rles)
+    ok = np.ones(n, bool)
+    empty = np.zeros(0, np.int64)
+    texts = list(rles)
+    if n == 0:
+        return ok, empty, empty, empty
+    for k, text in enumerate(texts):  # the rare strings only this module's per-string check handles
+        if not (isinstance(text, str) and text.isascii()):
+            ok[k] = False
+            texts[k] = ""
+    joined = " ".join(texts)  # the separator keeps tokens of two strings apart
+    sizes = np.fromiter(map(len, texts), np.int64, n) + 1
+    string_begin = np.cumsum(sizes) - sizes  # offset of each string in `joined`
+    chars = np.frombuffer(joined.encode("ascii"), np.uint8)
+    kind = _CHAR_KIND[chars]
+    other = np.flatnonzero(kind == 2)
+    if other.size:  # a character neither digit nor whitespace: a non-integer token
+        ok[np.searchsorted(string_begin, other, side="right") - 1] = False
+    digit = np.concatenate(([False], kind == 1, [False]))
+    edges = np.flatnonzero(digit[1:] != digit[:-1])  # token starts and ends (exclusive), alternating
+    token_begin, token_end = edges[0::2], edges[1::2]
+    token_len = token_end - token_begin
+    token_of = np.searchsorted(string_begin, token_begin, side="right") - 1
+    tokens_per_string = np.bincount(token_of, minlength=n)
+    ok &= tokens_per_string % 2 == 0
+    long = token_len > _MAX_DIGITS
+    if long.any():
+        ok[token_of[long]] = False
+    # the value of each token kept: its digits times powers of ten, summed per token
+    keep = ok[token_of]
+    token_begin, token_end, token_len, token_of = token_begin[keep], token_end[keep], token_len[keep], token_of[keep]
+    if token_begin.size == 0:
+        return ok, empty, empty, empty
+    position = np.repeat(token_begin - np.cumsum(token_len) + token_len, token_len) + np.arange(int(token_len.sum()))
+    place = np.repeat(token_end, token_len) - position - 1  # 0 for the last digit of a token
+    digits = (chars[position] - ord("0")).astype(np.int64)
+    values = np.add.reduceat(digits * _POW10[place], np.cumsum(token_len) - token_len)
+    starts1, lengths = values[0::2], values[1::2]
+    inst = token_of[0::2]
+    size = shape[0] * shape[1]
+    bad = (starts1 < 1) | (lengths < 1) | (starts1 + lengths - 1 > size)
+    # with lengths >= 1, "inside or before the previous run" is both unsorted and overlapping
+    bad[1:] |= (inst[1:] == inst[:-1]) & (starts1[1:] < starts1[:-1] + lengths[:-1])
+    if bad.any():
+        ok[inst[bad]] = False
+        good = ok[inst]
+        inst, starts1, lengths = inst[good], starts1[good], lengths[good]
+    return ok, inst.astype(np.int64), starts1 - 1, lengths
 
 
 def runs_to_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -18,6 +18,11 @@ silently), when it is:
 - a duplicated row: the same pixels as an earlier row of the same image (the earlier
   row is kept).
 
+The rows of an image are checked together: all annotations parsed and checked at once
+(:func:`kernel_lib.rle.scan_runs`), pixels expanded in one array; only a row the batch
+check refuses goes through the per-row :func:`kernel_lib.rle.rle_problems` to word its
+problem. The result is the per-row check's, row for row.
+
 An image whose rows are all left out has no truth instance (scoring counts its
 predictions as false positives); training leaves such an image out.
 """
@@ -33,7 +38,7 @@ import pandas as pd
 
 from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE
 from kernel_lib.masks import CropMasks
-from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices
+from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices, runs_to_indices, scan_runs
 
 IMAGE_ROW = -1
 """``AnnotationProblem.row`` of a problem about a whole image rather than one row."""
@@ -72,6 +77,10 @@ def check_image_rows(
 ) -> tuple[list[tuple[int, np.ndarray]], list[AnnotationProblem]]:
     """Check the train.csv rows of one image against its frame, under the module's policy.
 
+    All annotations are parsed and checked at once; a row the batch check refuses is
+    checked alone (see the module's docstring). Checks per row, first failing one
+    reported: cell type, size, empty, malformed RLE, no pixel, duplicate.
+
     Args:
         image_id: the image id (every row's ``id``).
         rows: its rows as strings (index = 0-based data row): ``annotation``, and
@@ -79,54 +88,83 @@ def check_image_rows(
         shape: (H, W) of the image.
 
     Returns:
-        ``(valid, problems)``: ``valid`` = [(row, (K,) int64 flat row-major indices)] in
-        row order; ``problems`` = one :class:`AnnotationProblem` per row left out.
+        ``(valid, problems)``: ``valid`` = [(row, (K,) int64 flat row-major indices,
+        ascending)] in row order; ``problems`` = one :class:`AnnotationProblem` per row
+        left out, in row order.
     """
-    height, width = shape
+    n = len(rows)
+    row_ids = [int(r) for r in rows.index]
+    annotations = rows["annotation"].tolist()
+    before = _row_problems(rows, shape)  # cell type and size: None where the row passes
+    ok, run_of, starts, lengths = scan_runs(annotations, shape)
+    # the pixels of every row the scan accepted, in one array: row k's are pixels[offsets[k]:offsets[k + 1]]
+    pixels = runs_to_indices(starts, lengths)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(run_of, lengths, minlength=n).astype(np.int64), out=offsets[1:])
+    bounds = offsets.tolist()
+    runs = np.bincount(run_of, minlength=n).tolist()
+    no_pixel = np.zeros(0, np.int64)
     problems: list[AnnotationProblem] = []
     valid: list[tuple[int, np.ndarray]] = []
-    n = len(rows)
-    cell_types = rows["cell_type"].tolist() if "cell_type" in rows.columns else [None] * n
-    sized = "width" in rows.columns and "height" in rows.columns
-    widths = rows["width"].tolist() if sized else [None] * n
-    heights = rows["height"].tolist() if sized else [None] * n
-    types = [t for t in cell_types if t in CELL_TYPES]
-    image_type = max(set(types), key=types.count) if types else None
     seen: dict[bytes, int] = {}
-    for row, ann, w_text, h_text, cell_type in zip(rows.index, rows["annotation"], widths, heights, cell_types):
-        row = int(row)
-
-        def report(what: str, row: int = row) -> None:
-            problems.append(AnnotationProblem(image_id, row, what))
-
-        if cell_type is not None:
-            if cell_type not in CELL_TYPES:
-                report(f"unknown cell_type {cell_type!r}; expected one of {list(CELL_TYPES)}")
+    for k, (row, ann, what, accepted) in enumerate(zip(row_ids, annotations, before, ok.tolist())):
+        indices = no_pixel
+        if what is None and accepted:
+            if runs[k] == 0:
+                what = "empty annotation (no run)"  # blank: only whitespace
+            indices = pixels[bounds[k] : bounds[k + 1]]
+        elif what is None:  # refused by the scan (or of a rare form it leaves alone): checked alone
+            what, indices = _checked_alone(ann, shape)
+        if what is None and indices.size == 0:
+            what = "empty annotation (no pixel)"
+        if what is None:
+            key = hashlib.sha1(indices.tobytes()).digest()
+            if key not in seen:
+                seen[key] = row
+                valid.append((row, indices))
                 continue
-            if cell_type != image_type:
-                report(f"cell_type {cell_type!r} differs from the image's {image_type!r}")
-                continue
-        if sized and (_as_int(h_text), _as_int(w_text)) != (height, width):
-            report(f"width x height {w_text} x {h_text} in train.csv, but the image is {width} x {height}")
-            continue
-        if not ann.strip():
-            report("empty annotation (no run)")
-            continue
-        found = rle_problems(ann, shape)
-        if found:
-            report(f"malformed RLE: {'; '.join(found)}")
-            continue
-        indices = rle_to_indices(ann, shape)
-        if indices.size == 0:
-            report("empty annotation (no pixel)")
-            continue
-        key = hashlib.sha1(indices.tobytes()).digest()
-        if key in seen:
-            report(f"duplicate of row {seen[key]} (same pixels)")
-            continue
-        seen[key] = row
-        valid.append((row, indices))
+            what = f"duplicate of row {seen[key]} (same pixels)"
+        problems.append(AnnotationProblem(image_id, row, what))
     return valid, problems
+
+
+def _row_problems(rows: pd.DataFrame, shape: tuple[int, int]) -> list[str | None]:
+    """Per row, what its ``cell_type`` or ``width`` / ``height`` columns say is wrong
+    (None: nothing, or the columns are absent), in the policy's order of checks."""
+    height, width = shape
+    n = len(rows)
+    out: list[str | None] = [None] * n
+    if "cell_type" in rows.columns:
+        cell_types = rows["cell_type"].tolist()
+        types = [t for t in cell_types if t in CELL_TYPES]
+        image_type = max(set(types), key=types.count) if types else None
+        for k, cell_type in enumerate(cell_types):
+            if cell_type not in CELL_TYPES:
+                out[k] = f"unknown cell_type {cell_type!r}; expected one of {list(CELL_TYPES)}"
+            elif cell_type != image_type:
+                out[k] = f"cell_type {cell_type!r} differs from the image's {image_type!r}"
+    if "width" in rows.columns and "height" in rows.columns:
+        fits: dict[tuple[str, str], bool] = {}  # an image's rows repeat one or two sizes
+        for k, (w_text, h_text) in enumerate(zip(rows["width"].tolist(), rows["height"].tolist())):
+            if out[k] is not None:
+                continue
+            key = (w_text, h_text)
+            if key not in fits:
+                fits[key] = (_as_int(h_text), _as_int(w_text)) == (height, width)
+            if not fits[key]:
+                out[k] = f"width x height {w_text} x {h_text} in train.csv, but the image is {width} x {height}"
+    return out
+
+
+def _checked_alone(ann: str, shape: tuple[int, int]) -> tuple[str | None, np.ndarray]:
+    """One annotation the batch scan refused: ``(problem or None, (K,) int64 pixels)``."""
+    no_pixel = np.zeros(0, np.int64)
+    if not ann.strip():
+        return "empty annotation (no run)", no_pixel
+    found = rle_problems(ann, shape)
+    if found:
+        return f"malformed RLE: {'; '.join(found)}", no_pixel
+    return None, rle_to_indices(ann, shape)
 
 
 @dataclass(frozen=True, eq=False)
