@@ -225,6 +225,8 @@ def validate_submission(
     if fields or not isinstance(df.index, pd.RangeIndex):
         # the cells are not where the header says: every other check would read the wrong ones
         return problems + (fields or [Problem("", "rows with more fields than the header", "file")])
+    if df.empty:
+        problems.append(Problem("", "no row: a submission has one row (at least) per test image", "file"))
     raw_ids = df["id"].to_numpy()
     ids = df["id"].str.strip().to_numpy()
     rles = df["predicted"].to_numpy()

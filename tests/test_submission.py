@@ -100,3 +100,9 @@ def test_real_annotations_overlaps_match_full_frame_check(data_dir: Path, tmp_pa
     assert all("overlap" in p.what for p in problems)
     assert len(expected) == 4  # this astro image has 4 overlapping pairs among its 17 cells
     assert found == expected
+
+
+def test_validator_refuses_a_submission_without_rows(tmp_path: Path) -> None:
+    """A header alone is no submission (issue 21): it used to be "valid"."""
+    problems = validate_submission(write(tmp_path, "id,predicted\n"), shape=SHAPE)
+    assert [(p.id, p.where) for p in problems] == [("", "file")] and "no row" in problems[0].what
