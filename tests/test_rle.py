@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from kernel_lib.masks import CropMasks
 from kernel_lib.rle import (
+    _parse_runs_one_by_one,
     parse_runs,
     rle_decode,
     rle_decode_crops,
@@ -17,6 +21,7 @@ from kernel_lib.rle import (
     rle_encode_stack,
     rle_problems,
     rle_to_indices,
+    scan_runs,
 )
 from kernel_lib.testing import reference_rle_encode
 
@@ -158,3 +163,107 @@ def test_real_annotations_round_trip(data_dir) -> None:
     stack = masks.to_stack()
     assert rle_encode_stack(stack) == rles
     assert masks.areas().tolist() == [int(rle_decode(r).sum()) for r in rles]
+
+
+# ------------------------------------------------------------- scan_runs: all strings at once
+
+# every problem rle_problems names, and the valid forms a byte-level parser could get wrong
+SCAN_CASES = [
+    "",
+    "   ",
+    "1 2 5 1",
+    "1 2 3 1 12 1",  # touching runs
+    " 1  2 ",
+    "\t3\n1\r",
+    "12 1",  # the last pixel
+    "1 12",  # the whole frame
+    "1 2 3",  # odd
+    "1 x",
+    "1.5 2",
+    "-1 3",
+    "+5 1",
+    "0 3",
+    "4 0",
+    "11 3",  # out of frame
+    "5 1 2 1",  # unsorted
+    "2 3 4 1",  # overlapping
+    "2 1 2 1",  # the same start twice
+    "1 99999999999999999999999",  # too large
+    "1 999999999999999999",  # 18 digits: converted here, out of frame
+    "000000000000000000005 1",  # 21 digits with leading zeros: valid, left to rle_problems
+    "1\u00a02",  # non-ASCII whitespace: valid, left to rle_problems
+    "1\u0663 2",  # a non-ASCII digit
+    "3\x1c1",  # an ASCII separator str.split splits on: valid
+    "1\x002",  # NUL: not whitespace
+]
+RARE_VALID = {"000000000000000000005 1", "1\u00a02"}
+
+
+def test_scan_runs_agrees_with_the_per_string_check() -> None:
+    shape = (3, 4)
+    ok, inst, starts, lengths = scan_runs(SCAN_CASES, shape)
+    assert ok.shape == (len(SCAN_CASES),) and ok.dtype == bool
+    assert inst.dtype == starts.dtype == lengths.dtype == np.int64
+    for k, rle in enumerate(SCAN_CASES):
+        valid = rle_problems(rle, shape) == []
+        assert ok[k] == (valid and rle not in RARE_VALID), rle
+    accepted = [k for k in range(len(SCAN_CASES)) if ok[k]]
+    ref_inst, ref_starts, ref_lengths = _parse_runs_one_by_one([SCAN_CASES[k] for k in accepted], shape)
+    np.testing.assert_array_equal(inst, np.array(accepted)[ref_inst])
+    np.testing.assert_array_equal(starts, ref_starts)
+    np.testing.assert_array_equal(lengths, ref_lengths)
+
+
+def test_scan_runs_empty_inputs() -> None:
+    ok, inst, starts, lengths = scan_runs([], (3, 4))
+    assert ok.shape == inst.shape == starts.shape == lengths.shape == (0,)
+    ok, inst, starts, lengths = scan_runs(["", " \t"], (3, 4))
+    assert ok.tolist() == [True, True] and inst.size == starts.size == lengths.size == 0
+    ok, *_ = scan_runs([None, 3], (3, 4))  # type: ignore[list-item]  # not strings: left to rle_problems
+    assert ok.tolist() == [False, False]
+
+
+def test_scan_runs_agrees_on_random_strings() -> None:
+    rng = np.random.default_rng(3)
+    pieces = ["1", "2", "3", "4", "5", "12", "13", "0", "007", " ", "  ", "\t", "x", "-", "\u00a0"]
+    shape = (3, 4)
+    for _ in range(300):
+        rles = ["".join(rng.choice(pieces, int(rng.integers(0, 9)))) for _ in range(int(rng.integers(0, 6)))]
+        ok, inst, starts, lengths = scan_runs(rles, shape)
+        for k, rle in enumerate(rles):
+            assert not ok[k] or rle_problems(rle, shape) == [], rle
+            assert ok[k] or rle_problems(rle, shape) or not rle.isascii(), rle
+        accepted = [k for k in range(len(rles)) if ok[k]]
+        ref = _parse_runs_one_by_one([rles[k] for k in accepted], shape)
+        np.testing.assert_array_equal(inst, np.array(accepted, np.int64)[ref[0]])
+        np.testing.assert_array_equal(starts, ref[1])
+        np.testing.assert_array_equal(lengths, ref[2])
+
+
+@pytest.mark.parametrize(
+    "rles",
+    [
+        ["1 2", "1 x", "1 2 3"],  # two bad strings: the token path's first error is said
+        ["1 2 3", "1 x"],
+        ["1 1", "0 1", "5 1 2 1"],
+        ["1 99999999999999999999999"],
+        ["000000000000000000005 1", "1\u00a02"],  # valid, parsed by the token path
+        ["1 2", "3 1 12 1"],
+    ],
+)
+def test_parse_runs_answers_as_the_token_path(rles: list[str]) -> None:
+    def answer(parse: Callable[..., tuple[np.ndarray, ...]]) -> object:
+        try:
+            return [a.tolist() for a in parse(rles, (3, 4))]
+        except ValueError as err:
+            return str(err)
+
+    assert answer(parse_runs) == answer(_parse_runs_one_by_one)
+
+
+def test_scan_runs_on_the_real_pack(mini_dir: Path) -> None:
+    rles = pd.read_csv(mini_dir / "train.csv", dtype=str, keep_default_na=False)["annotation"].tolist()
+    ok, inst, starts, lengths = scan_runs(rles)
+    assert ok.all()
+    for got, want in zip((inst, starts, lengths), _parse_runs_one_by_one(rles, (520, 704))):
+        np.testing.assert_array_equal(got, want)
