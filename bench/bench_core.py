@@ -8,14 +8,22 @@ Two measurements, each against a straightforward baseline in the same run, on ON
    notebook's loop over a (N, H, W) stack (``mask & ~used``, ``mask.sum()``,
    ``used |= mask``, full-frame ``rle_encode`` per kept mask). The outputs (RLE strings)
    must be identical; the stack / crops themselves are inputs, built before timing.
-2. Scoring the larger annotated pack (95 images, 11,504 instances) with
-   ``score_submission`` vs full-frame scoring: each RLE decoded into a (H, W) mask,
-   (N, H*W) stacks, IoU matrix as one float32 matrix product per image (the vectorised
-   form of the per-pair full-frame IoU of the public notebooks; a literal pair loop is
-   slower still). The prediction is the truth with every instance shifted by up to 2
-   pixels and every 10th dropped. Scores must agree. Skipped when the pack is absent.
+2. Scoring the larger annotated pack (95 images, 11,504 instances) against the public
+   notebooks' scorer: each RLE decoded into a (H, W) mask, (N, H*W) stacks, IoU matrix
+   as one float32 matrix product per image (the vectorised form of the per-pair
+   full-frame IoU of the public notebooks; a literal pair loop is slower still). The
+   prediction is the truth with every instance shifted by up to 2 pixels and every 10th
+   dropped. Two ratios: in-process (``score_submission`` vs the scorer's loop, inputs
+   already read) and whole-process (``python -m kernel_lib score --truth --pred --json``
+   vs the public scorer as a stand-alone numpy + pandas script: interpreter start,
+   imports, reading both CSVs, scoring). The public scorer runs once (about a minute for
+   the 95 images on the development machine); both are given the same images and their image scores must agree.
+   Skipped when the pack is absent.
 
-Usage: ``.venv/bin/python bench/bench_core.py [--images N] [--repeats R] [--score-images K]``
+Usage: ``.venv/bin/python bench/bench_core.py [--images N] [--repeats R] [--score-images K]
+[--other-tree DIR ...] [--skip-postprocess]``; ``--other-tree`` also times ``score`` from
+another checkout (before / after figures in one run), e.g.
+``git archive COMMIT | tar -x -C /tmp/before`` then ``--other-tree /tmp/before``.
 """
 
 from __future__ import annotations
@@ -26,9 +34,15 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -188,47 +202,139 @@ def shifted_prediction(truth: pd.DataFrame, shape: tuple[int, int], seed: int = 
     return pd.DataFrame(rows, columns=["id", "predicted"])
 
 
-def bench_score(pack: Path, n_images: int | None, repeats: int) -> dict[str, float] | None:
+PUBLIC_SCORER_MAIN = """
+def main(truth_csv: str, pred_csv: str, out_json: str) -> None:
+    truth = pd.read_csv(truth_csv, dtype=str, keep_default_na=False)
+    pred = pd.read_csv(pred_csv, dtype=str, keep_default_na=False)
+    t_groups = truth.groupby("id")["annotation"].agg(list)
+    p_groups = pred.groupby("id")["predicted"].agg(list)
+    ids = list(dict.fromkeys(truth["id"]))
+    start = time.perf_counter()
+    scores = {i: float(baseline_image_precision(t_groups[i], p_groups.get(i, []), SHAPE).mean()) for i in ids}
+    seconds = time.perf_counter() - start
+    Path(out_json).write_text(json.dumps({"scores": scores, "seconds": seconds}))
+    print(f"score {np.mean(list(scores.values())):.4f} over {len(ids)} image(s)")
+
+
+main(*sys.argv[1:])
+"""
+
+
+def public_scorer_script(shape: tuple[int, int]) -> str:
+    """The public notebooks' scorer as a stand-alone script (numpy + pandas only, no
+    kernel_lib): ``python -c SCRIPT TRUTH_CSV PRED_CSV OUT_JSON`` reads both CSVs, scores
+    every truth image with :func:`baseline_image_precision`, writes ``{"scores": {id:
+    score}, "seconds": scoring time}`` to OUT_JSON and prints the mean."""
+    header = (
+        "import json, sys, time\nfrom pathlib import Path\nimport numpy as np\nimport pandas as pd\n"
+        f"IOU_THRESHOLDS = {tuple(IOU_THRESHOLDS)!r}\nSHAPE = {tuple(shape)!r}\n\n"
+    )
+    functions = "\n\n".join(inspect.getsource(f) for f in (baseline_rle_decode, baseline_image_precision))
+    return header + functions + "\n" + PUBLIC_SCORER_MAIN
+
+
+def run_process(cmd: list[str], repeats: int, cwd: Path, env: dict[str, str] | None = None) -> dict[str, object]:
+    """Run ``cmd`` ``repeats`` times; best wall and CPU seconds (user + system of the
+    child) and the stdout of the last run. Fails loudly when the command fails."""
+    walls, cpus, out = [], [], ""
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode:
+            raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+        out = proc.stdout
+    return {"wall_s": min(walls), "cpu_s": min(cpus), "stdout": out}
+
+
+def bench_score(
+    pack: Path, n_images: int | None, repeats: int, other_trees: Sequence[Path] = ()
+) -> dict[str, float] | None:
+    """Scoring the annotated pack: ``score_submission`` in-process and ``python -m
+    kernel_lib score`` whole-process, against the public notebooks' scorer (one run, in
+    its own process) on the same images; scores checked identical.
+
+    The public scorer has no truth policy: it is given the rows the policy keeps (the
+    pack's duplicated rows scored twice would move 3 image scores by < 0.001). Each
+    tree of ``other_trees`` (a checkout of this repository, e.g. an older commit) has
+    its ``score`` timed whole-process on the same files as well."""
     if not (pack / "train.csv").is_file():
         print(f"scoring: SKIPPED, larger annotated pack not found at {pack} (set SARTORIUS_DATA)")
         return None
     shape = IMAGE_SHAPE
     truth = pd.read_csv(pack / "train.csv", dtype=str, keep_default_na=False)
-    pred = shifted_prediction(truth, shape)
     ids = list(dict.fromkeys(truth["id"]))
+    if n_images is not None:
+        ids = ids[:n_images]
+        truth = truth[truth["id"].isin(ids)]
+    pred = shifted_prediction(truth, shape)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         report = score_submission(truth, pred)
         best = min(best, time.perf_counter() - t0)
-    base_ids = ids if n_images is None else ids[:n_images]
-    t_groups = truth.groupby("id")["annotation"].agg(list)
-    p_groups = pred.groupby("id")["predicted"].agg(list)
-    t0 = time.perf_counter()
-    base_scores = [baseline_image_precision(t_groups[i], p_groups.get(i, []), shape).mean() for i in base_ids]
-    base = time.perf_counter() - t0
-    fast_scores = report.per_image.set_index("id").loc[base_ids, "score"].to_numpy()
-    if not np.allclose(fast_scores, base_scores):
-        raise SystemExit("scoring: fast and baseline image scores differ")
-    # fast time on the same images as the baseline, for the ratio
-    fast_same = best
-    if len(base_ids) < len(ids):
-        fast_same = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            score_submission(truth, pred, ids=base_ids)
-            fast_same = min(fast_same, time.perf_counter() - t0)
-    n_inst = int(truth["id"].isin(base_ids).sum())
+    fast_scores = report.per_image.set_index("id").loc[ids, "score"].to_numpy()
+    kept = truth.drop(index=[p.row for p in report.dropped])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as tmp:
+        truth_csv = pack / "train.csv" if n_images is None else Path(tmp) / "truth.csv"
+        if n_images is not None:
+            truth.to_csv(truth_csv, index=False)
+        pred_csv, kept_csv, out_json = Path(tmp) / "pred.csv", Path(tmp) / "kept.csv", Path(tmp) / "public.json"
+        pred.to_csv(pred_csv, index=False)
+        kept.to_csv(kept_csv, index=False)
+        score_cmd = ["-m", "kernel_lib", "score", "--truth", str(truth_csv), "--pred", str(pred_csv), "--json"]
+        cli = run_process([sys.executable, *score_cmd], repeats, ROOT, env)
+        others = {}
+        for tree in other_trees:
+            others[tree] = run_process([sys.executable, *score_cmd], repeats, tree, {**env, "PYTHONPATH": str(tree)})
+        public = run_process(
+            [sys.executable, "-c", public_scorer_script(shape), str(kept_csv), str(pred_csv), str(out_json)], 1, ROOT
+        )
+        public_out = json.loads(out_json.read_text())
+    base_scores = np.array([public_out["scores"][i] for i in ids])
+    cli_scores = pd.DataFrame(json.loads(str(cli["stdout"]))["per_image"]).set_index("id").loc[ids, "score"].to_numpy()
+    if not (np.allclose(fast_scores, base_scores) and np.allclose(cli_scores, base_scores)):
+        raise SystemExit("scoring: kernel_lib and public scorer image scores differ")
+    base_in = float(public_out["seconds"])
+    ratio_wall = float(public["wall_s"]) / float(cli["wall_s"])
+    ratio_cpu = float(public["cpu_s"]) / float(cli["cpu_s"])
+    n_truth = len(truth)
     print(
-        f"scoring, {len(ids)} images ({len(truth)} truth / {len(pred)} predicted instances), "
-        f"score {report.score:.4f}:\n"
-        f"  fast     {best * 1e3:8.1f} ms for all {len(ids)} images (best of {repeats}), "
-        f"{best / len(ids) * 1e3:.1f} ms/image\n"
-        f"  baseline {base * 1e3:8.1f} ms for {len(base_ids)} images ({n_inst} truth instances), "
-        f"{base / len(base_ids) * 1e3:.1f} ms/image; fast on the same images {fast_same * 1e3:.1f} ms\n"
-        f"  ratio    {base / fast_same:8.1f}x   (image scores identical)"
+        f"scoring, {len(ids)} images ({n_truth} truth rows, {len(kept)} kept by the truth policy; "
+        f"{len(pred)} predicted instances), score {report.score:.4f}:\n"
+        f"  in-process (scoring only; inputs read):\n"
+        f"    fast     {best * 1e3:8.1f} ms, {best / len(ids) * 1e3:.1f} ms/image "
+        f"(score_submission, best of {repeats})\n"
+        f"    baseline {base_in * 1e3:8.1f} ms, {base_in / len(ids) * 1e3:.1f} ms/image (one run)\n"
+        f"    ratio    {base_in / best:8.1f}x   (image scores identical)\n"
+        f"  whole process (start-up, imports, reading the CSVs, scoring, output):\n"
+        f"    python -m kernel_lib score  wall {cli['wall_s']:7.2f} s  cpu {cli['cpu_s']:7.2f} s (best of {repeats})\n"
+        f"    public notebooks' scorer    wall {public['wall_s']:7.2f} s  cpu {public['cpu_s']:7.2f} s (one run)\n"
+        f"    ratio                       wall {ratio_wall:6.1f}x  cpu {ratio_cpu:6.1f}x"
     )
-    return {"fast_ms": best * 1e3, "baseline_ms": base * 1e3, "ratio": base / fast_same}
+    result = {
+        "fast_ms": best * 1e3,
+        "baseline_ms": base_in * 1e3,
+        "ratio": base_in / best,
+        "score_wall_s": float(cli["wall_s"]),
+        "score_cpu_s": float(cli["cpu_s"]),
+        "public_wall_s": float(public["wall_s"]),
+        "public_cpu_s": float(public["cpu_s"]),
+        "whole_process_ratio": ratio_wall,
+        "whole_process_cpu_ratio": ratio_cpu,
+    }
+    for tree, row in others.items():
+        line = json.loads(str(row["stdout"]))
+        print(
+            f"    score from {tree}: wall {row['wall_s']:.2f} s  cpu {row['cpu_s']:.2f} s  "
+            f"(ratio wall {float(public['wall_s']) / float(row['wall_s']):.1f}x, "
+            f"cpu {float(public['cpu_s']) / float(row['cpu_s']):.1f}x; its score {line['score']:.4f})"
+        )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,11 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pack", type=Path, default=None, help="annotated pack (default $SARTORIUS_DATA or ../shared/...)"
     )
+    parser.add_argument(
+        "--other-tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="also time `score` whole-process from this checkout (e.g. an older commit's `git archive`); repeatable",
+    )
+    parser.add_argument("--skip-postprocess", action="store_true", help="only the scoring bench")
     args = parser.parse_args(argv)
     pack = args.pack or Path(os.environ.get("SARTORIUS_DATA", ROOT.parent / "shared" / "data" / "sartorius-mini"))
     print(f"machine: {machine()}")
-    bench_postprocess(args.images, args.instances, args.repeats)
-    bench_score(pack, args.score_images, args.repeats)
+    if not args.skip_postprocess:
+        bench_postprocess(args.images, args.instances, args.repeats)
+    bench_score(pack, args.score_images, args.repeats, args.other_tree)
     return 0
 
 
