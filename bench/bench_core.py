@@ -16,9 +16,9 @@ Two measurements, each against a straightforward baseline in the same run, on ON
    dropped. Two ratios: in-process (``score_submission`` vs the scorer's loop, inputs
    already read) and whole-process (``python -m kernel_lib score --truth --pred --json``
    vs the public scorer as a stand-alone numpy + pandas script: interpreter start,
-   imports, reading both CSVs, scoring). The public scorer runs once (about a minute for
-   the 95 images on the development machine); both are given the same images and their image scores must agree.
-   Skipped when the pack is absent.
+   imports, reading both CSVs, scoring). The public scorer runs once (about a minute
+   for the 95 images on the development machine); both are given the same images and
+   their image scores must agree. Skipped when the pack is absent.
 
 Usage: ``.venv/bin/python bench/bench_core.py [--images N] [--repeats R] [--score-images K]
 [--other-tree DIR ...] [--skip-postprocess]``; ``--other-tree`` also times ``score`` from
