@@ -3,9 +3,12 @@
 Layout (``docs/design.md``)::
 
     MODELS/<name>/config.yaml      a detectron2 config dump (what training writes)
-    MODELS/<name>/model_final.pth  its weights ({"model": state_dict} or a state dict)
+    MODELS/<name>/model_final.pth  its weights ({"model": state_dict} or a state dict; float32,
+                                   float16 as train writes them, or the compact int8 format of
+                                   kernel_lib.weights the shipped folds use)
     MODELS/<name>/meta.json        optional, {"fold": K, "arch": ..., "heldout_score": ..., ...}
     MODELS/models.json             optional, {"models": [{"name": "fold0", "weight": 1.0}, ...]}
+                                   (weights relative, each in [MIN_WEIGHT, MAX_WEIGHT])
 
 This module owns the file names, reading and writing ``models.json`` and ``meta.json``,
 the fold of a model and a folder's content digest. Training (``kernel_lib.train``), the
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +33,25 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model_final.pth"
 META_FILE = "meta.json"
 MANIFEST_FILE = "models.json"
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
+"""The range a model's ``models.json`` weight must lie in. Weights are relative (1.0 each:
+equal votes; 2.0: twice the say of a 1.0), so the range allows a ratio of 10^12 between
+models while keeping weighted sums of float32 masks and scores far from overflow (1e39)
+and underflow (1e-300), which gave an empty submission."""
 NORMALIZATION_KEY = "input_normalization"
 """meta.json key of the input normalisation a fold was trained with (one of
 :data:`kernel_lib.config.NORMALIZATIONS`; absent: ``none``). Inference applies it."""
+
+
+def weight_problem(weight: object) -> str:
+    """What is wrong with a model's ensemble weight ("" when it is a number in
+    [:data:`MIN_WEIGHT`, :data:`MAX_WEIGHT`])."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        return (
+            f"weight must be a finite number from {MIN_WEIGHT:g} to {MAX_WEIGHT:g} (weights are relative: "
+            f"1.0 for each model is an equal vote), got {weight!r}"
+        )
+    return ""
 
 
 def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
@@ -41,7 +59,8 @@ def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
     sub-folder (sorted, hidden ones skipped) with weight 1.0.
 
     Raises:
-        ValueError: the folder is missing or empty, or models.json is malformed.
+        ValueError: the folder is missing or empty, or models.json is malformed (a weight
+            outside [:data:`MIN_WEIGHT`, :data:`MAX_WEIGHT`], NaN or inf included).
     """
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
@@ -57,10 +76,9 @@ def read_manifest(models_dir: Path) -> list[tuple[str, float]]:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise ValueError(f"{manifest}: models[{k}] needs a string 'name', got {entry!r}")
             weight = entry.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
-                raise ValueError(
-                    f"{manifest}: models[{k}] ({entry['name']}): weight must be a finite number > 0, got {weight!r}"
-                )
+            problem = weight_problem(weight)
+            if problem:
+                raise ValueError(f"{manifest}: models[{k}] ({entry['name']}): {problem}")
             out.append((entry["name"], float(weight)))
         names = [n for n, _ in out]
         if len(set(names)) != len(names):
@@ -160,8 +178,8 @@ def write_manifest(models_dir: str | Path, models: Sequence[tuple[str, float]], 
     (and a ``note`` for people reading it, when given).
 
     Raises:
-        ValueError: no model, a name listed twice, a weight that is not a finite number
-            > 0, or a listed folder without config.yaml and model_final.pth.
+        ValueError: no model, a name listed twice, a weight outside [:data:`MIN_WEIGHT`,
+            :data:`MAX_WEIGHT`], or a listed folder without config.yaml and model_final.pth.
     """
     models_dir = Path(models_dir)
     if not models:
@@ -170,8 +188,9 @@ def write_manifest(models_dir: str | Path, models: Sequence[tuple[str, float]], 
     if len(set(names)) != len(names):
         raise ValueError(f"write_manifest: a model is listed twice: {names}")
     for name, weight in models:
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
-            raise ValueError(f"write_manifest: {name}: weight must be a finite number > 0, got {weight!r}")
+        problem = weight_problem(weight)
+        if problem:
+            raise ValueError(f"write_manifest: {name}: {problem}")
         for file in (CONFIG_FILE, WEIGHTS_FILE):
             if not (models_dir / name / file).is_file():
                 raise ValueError(f"write_manifest: {models_dir / name / file} is missing; train or copy {name} first")

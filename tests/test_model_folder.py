@@ -44,15 +44,27 @@ def test_manifest_round_trip_and_order(tmp_path: Path) -> None:
     assert fold_of("fold7_r50", {}) == 7 and fold_of("final", {}) is None
 
 
-@pytest.mark.parametrize("weight", [0, -1.0, float("inf"), True, "1"])
+@pytest.mark.parametrize(
+    "weight", [0, -1.0, float("inf"), float("nan"), True, "1", 1e39, 1e-300, 1.0000001e6, 0.99e-6, 10**7]
+)
 def test_bad_weights_are_refused_on_write_and_read(tmp_path: Path, weight: object) -> None:
+    """A weight out of [1e-6, 1e6] overflowed (1e39) or vanished (1e-300) in the float32
+    ensemble sums and gave an empty submission with exit 0."""
     _fold(tmp_path, "fold0", 0)
-    with pytest.raises(ValueError, match="finite number > 0"):
+    message = r"\(fold0\): weight must be a finite number from 1e-06 to 1e\+06"
+    with pytest.raises(ValueError, match=message.replace(r"\(fold0\)", "fold0")):
         write_manifest(tmp_path, [("fold0", weight)])  # type: ignore[list-item]
-    text = json.dumps({"models": [{"name": "fold0", "weight": weight}]})  # inf is written as Infinity
+    text = json.dumps({"models": [{"name": "fold0", "weight": weight}]})  # inf, nan: Infinity, NaN
     (tmp_path / "models.json").write_text(text)
-    with pytest.raises(ValueError, match="finite number > 0"):
+    with pytest.raises(ValueError, match=message):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("weight", [1e-6, 1e6, 1, 0.5])
+def test_weights_at_the_bounds_are_kept(tmp_path: Path, weight: float) -> None:
+    _fold(tmp_path, "fold0", 0)
+    write_manifest(tmp_path, [("fold0", weight)])
+    assert read_manifest(tmp_path) == [("fold0", float(weight))]
 
 
 def test_write_manifest_refuses_missing_and_repeated_models(tmp_path: Path) -> None:
