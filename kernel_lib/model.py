@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import pickle
 import re
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -51,6 +50,7 @@ from kernel_lib.config import CELL_TYPES, EnsembleConfig, InferenceConfig
 from kernel_lib.images import normalize_image, read_image, to_model_input
 from kernel_lib.model_folder import (
     CONFIG_FILE,
+    MANIFEST_FILE,
     WEIGHTS_FILE,
     fold_of,
     input_normalization,
@@ -59,6 +59,7 @@ from kernel_lib.model_folder import (
 )
 from kernel_lib.soft import DEFAULT_MASK_SIZE, SoftInstances, ViewOutputs
 from kernel_lib.tta import View, make_views
+from kernel_lib.weights import nonfinite_tensors, read_state_dict
 
 MASK_ROI_CHUNK = 4096
 """Most RoIs sent through one mask-head call (bounds activation memory)."""
@@ -141,21 +142,20 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # detectron2 training checkpoints may hold optimizer/scheduler objects; these
-            # are the user's own files, read as detectron2's own Checkpointer reads them.
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"model {name}: {path} could not be read as a torch checkpoint ({reason})") from None
-    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"model {name}: {path} holds no state dict (expected {{'model': state_dict}} or a state dict)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    """A fold's weights as a float32 state dict (plain or compact; :func:`kernel_lib.weights.read_state_dict`:
+    ``weights_only=True`` only), refused when a floating tensor holds NaN or inf.
+
+    Raises:
+        ValueError: naming the model and the file.
+    """
+    state = read_state_dict(path, f"model {name}: {path}")
+    bad = nonfinite_tensors(state)
+    if bad:
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(
+            f"model {name}: {path} holds NaN or inf weights ({', '.join(bad[:3])}{more}): a diverged training run; "
+            f"retrain it, or leave {name} out of {MANIFEST_FILE}"
+        )
     return state
 
 
@@ -178,6 +178,20 @@ def _check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], na
             f"model {name}: {path} does not match its {CONFIG_FILE} ({'; '.join(parts)}); "
             f"was it trained with this config (architecture, NUM_CLASSES)?"
         )
+
+
+def _check_test_sizes(cfg: Any, name: str, config_path: Path) -> None:
+    """INPUT.MIN_SIZE_TEST (a size, or the first of a list) and MAX_SIZE_TEST must be positive integers."""
+    sizes = cfg.INPUT.MIN_SIZE_TEST
+    for key, value in (
+        ("MIN_SIZE_TEST", sizes[0] if isinstance(sizes, (list, tuple)) and sizes else sizes),
+        ("MAX_SIZE_TEST", cfg.INPUT.MAX_SIZE_TEST),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(
+                f"model {name}: {config_path} has INPUT.{key}: {value!r}; expected a positive integer "
+                "(the short edge, resp. the longest edge, images are resized to; e.g. 520 and 1000)"
+            )
 
 
 def load_fold_model(
@@ -221,12 +235,21 @@ def load_fold_model(
             f"model {name}: {config_path} has ROI_HEADS.NUM_CLASSES={cfg.MODEL.ROI_HEADS.NUM_CLASSES}, "
             f"expected {len(CELL_TYPES)} ({', '.join(CELL_TYPES)})"
         )
+    _check_test_sizes(cfg, name, config_path)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = str(device)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = ensemble.candidate_score
     cfg.TEST.DETECTIONS_PER_IMAGE = ensemble.detections_per_image
     cfg.freeze()
-    model = build_model(cfg)
+    try:
+        model = build_model(cfg)
+    except (KeyError, AssertionError, ValueError, TypeError) as err:
+        # e.g. an unknown BACKBONE.NAME / ROI_HEADS.NAME (a registry KeyError), or sizes that do not fit
+        reason = str(err).strip().strip('"') or type(err).__name__
+        raise ValueError(
+            f"model {name}: {config_path} does not build a model ({reason}); check the names and sizes "
+            "in it against detectron2's (what `python -m kernel_lib train` writes builds)"
+        ) from None
     if not hasattr(model.roi_heads, "_forward_mask") or model.roi_heads.mask_pooler is None:
         raise ValueError(f"model {name}: ROI heads {cfg.MODEL.ROI_HEADS.NAME} are not FPN mask heads; unsupported")
     state = _read_state_dict(weights_path, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -121,8 +122,119 @@ def test_clear_errors_name_the_model(mixed_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model fold9"):
         load_models(tmp_path, ens, CPU)
     (tmp_path / "models.json").write_text(json.dumps({"models": [{"name": "broken", "weight": 0}]}))
-    with pytest.raises(ValueError, match="weight must be a finite number > 0"):
+    with pytest.raises(ValueError, match="weight must be a finite number from 1e-06 to 1e"):
         read_manifest(tmp_path)
+
+
+class _RunsCode:
+    """What a crafted model_final.pth holds: unpickling it would create ``self.path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        import os
+
+        return os.system, (f"touch {self.path}",)
+
+
+def _fold_copy(mixed_dir: Path, tmp_path: Path, name: str = "fold0") -> Path:
+    folder = tmp_path / "models" / name
+    shutil.copytree(mixed_dir / name, folder)
+    return folder
+
+
+@pytest.mark.parametrize("wrap", ["torch.save", "pickle"])
+def test_a_checkpoint_with_pickled_objects_is_refused_unread(mixed_dir: Path, tmp_path: Path, wrap: str) -> None:
+    """Model datasets come from strangers: a model_final.pth that is not plain weights is
+    never unpickled (it used to fall back to weights_only=False and ran the payload)."""
+    import pickle
+
+    folder = _fold_copy(mixed_dir, tmp_path)
+    pwned = tmp_path / "PWNED"
+    weights = folder / "model_final.pth"
+    payload = {"model": torch.load(weights, weights_only=True)["model"], "scheduler": _RunsCode(pwned)}
+    if wrap == "torch.save":
+        torch.save(payload, weights)
+    else:
+        weights.write_bytes(pickle.dumps(payload))
+    assert not pwned.exists()
+    with pytest.raises(ValueError) as err:
+        load_models(folder.parent, _ensemble(), CPU)
+    assert not pwned.exists()
+    message = str(err.value)
+    assert message.startswith(f"model fold0: {weights} ")
+    if wrap == "torch.save":
+        import os
+
+        assert f"is not a plain weights file: it holds pickled Python objects (it names {os.name}.system)" in message
+    else:  # a bare pickle (protocol 4): refused at its first opcode torch does not read
+        assert "could not be read as a torch checkpoint of plain weights" in message
+    assert "torch.save({'model': state_dict}, 'model_final.pth')" in message
+    assert "weights_only=False" not in message  # torch's own advice is not passed on
+
+
+def test_no_torch_load_without_weights_only_true_in_the_library() -> None:
+    """Every torch.load in kernel_lib/ and bench/ passes weights_only=True, and nothing there
+    calls pickle.load(s) or np.load with allow_pickle=True."""
+    root = Path(__file__).resolve().parents[1]
+    calls, unpickling = [], []
+    for path in [*sorted((root / "kernel_lib").rglob("*.py")), *sorted((root / "bench").rglob("*.py"))]:
+        text = path.read_text()
+        unpickling += [f"{path.name}: {m.group(0)}" for m in re.finditer(r"pickle\.loads?\(|allow_pickle=True", text)]
+        for match in re.finditer(r"torch\.load\(", text):
+            depth, end = 0, match.end() - 1
+            for end in range(match.end() - 1, len(text)):
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                if depth == 0:
+                    break
+            calls.append((path.name, text[match.start() : end + 1]))
+    assert calls  # the reader itself
+    assert not [(name, call) for name, call in calls if "weights_only=True" not in call]
+    assert not unpickling
+
+
+def test_a_fold_with_nan_or_inf_weights_is_refused_by_name(mixed_dir: Path, tmp_path: Path) -> None:
+    """A diverged run's weights loaded and gave 0 instances; now loading stops, naming it."""
+    folder = _fold_copy(mixed_dir, tmp_path, "fold2")
+    state = torch.load(folder / "model_final.pth", weights_only=True)["model"]
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.dim() == 4)
+    state[key] = state[key].clone()
+    state[key].view(-1)[3] = float("nan")
+    torch.save({"model": {k: v.half() for k, v in state.items()}}, folder / "model_final.pth")  # as train writes
+    with pytest.raises(ValueError, match=rf"model fold2: .*model_final\.pth holds NaN or inf weights \({key}\)"):
+        load_models(folder.parent, _ensemble(), CPU)
+    state[key].view(-1)[3] = float("inf")
+    torch.save({"model": state}, folder / "model_final.pth")
+    with pytest.raises(ValueError, match=r"leave fold2 out of models\.json"):
+        load_models(folder.parent, _ensemble(), CPU)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "NAME: build_resnet_fpn_backbone",
+            "NAME: build_nope_backbone",
+            r"does not build a model \(No object named 'build_nope_backbone' found in 'BACKBONE' registry",
+        ),
+        ("NAME: StandardROIHeads", "NAME: NopeROIHeads", "No object named 'NopeROIHeads'"),
+        (f"MAX_SIZE_TEST: {MAX_SIZE}", "MAX_SIZE_TEST: 0", "has INPUT.MAX_SIZE_TEST: 0; expected a positive integer"),
+        (f"MIN_SIZE_TEST: {MIN_SIZE}", "MIN_SIZE_TEST: -5", "has INPUT.MIN_SIZE_TEST: -5; expected a positive integer"),
+    ],
+)
+def test_a_config_that_builds_no_model_is_one_clear_error(
+    mixed_dir: Path, tmp_path: Path, old: str, new: str, message: str
+) -> None:
+    """An unknown backbone or head gave a KeyError from detectron2's registry, MAX_SIZE_TEST 0 a
+    ValueError at the first image; both now stop loading, naming the model and the file."""
+    folder = _fold_copy(mixed_dir, tmp_path)
+    config = folder / "config.yaml"
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new))
+    with pytest.raises(ValueError, match=rf"^model fold0: {re.escape(str(config))} .*{message}"):
+        load_models(folder.parent, _ensemble(), CPU)
 
 
 # ------------------------------------------------------------------ flips at the RoI level
@@ -418,3 +530,125 @@ def test_batches_dealt_to_replicas_come_back_in_input_order() -> None:
         [f"{'gpu0' if k % 2 == 0 else 'gpu1'}:i{2 * k + j}" for j in range(2)] for k in range(5)
     ]
     assert len(slow.threads) == len(fast.threads) == 1 and slow.threads != fast.threads
+
+
+# ------------------------------------------------------------------ compact weights (kernel_lib.weights)
+
+
+def test_quantize_per_channel_on_a_hand_built_tensor() -> None:
+    from kernel_lib.weights import dequantize_per_channel, quantize_per_channel
+
+    w = torch.tensor(
+        [
+            [1.0, -0.5, 0.25, 0.0],  # scale 1/127: -63.5 and 31.75 steps round to -64 (half to even) and 32
+            [0.0, 0.0, 0.0, 0.0],  # an all-zero channel: scale 0, values 0
+            [127.0, -127.0, 63.5, 1.0],  # scale 1: 63.5 rounds half to even, to 64
+        ]
+    )
+    q, scale = quantize_per_channel(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert q.tolist() == [[127, -64, 32, 0], [0, 0, 0, 0], [127, -127, 64, 1]]
+    assert scale.tolist() == pytest.approx([1 / 127, 0.0, 1.0])
+    back = dequantize_per_channel(q, scale)
+    assert back[1].tolist() == [0.0] * 4 and back[2].tolist() == [127.0, -127.0, 64.0, 1.0]
+    assert ((back - w).abs() <= scale[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 3, 3), (16, 40), (4, 2, 1, 1), (1, 1000)])
+def test_quantize_round_trip_is_within_half_a_step_per_channel(shape: tuple[int, ...]) -> None:
+    from kernel_lib.weights import dequantize_per_channel, quantize_per_channel
+
+    gen = torch.Generator().manual_seed(len(shape))
+    w = torch.randn(shape, generator=gen) * torch.logspace(-4, 2, shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+    q, scale = quantize_per_channel(w)
+    assert q.shape == w.shape and scale.shape == (shape[0],)
+    assert int(q.abs().max()) == 127  # each channel's largest value takes the whole range
+    err = (dequantize_per_channel(q, scale) - w).abs().reshape(shape[0], -1).amax(dim=1)
+    assert (err <= scale / 2 * (1 + 1e-5)).all(), (err / scale).max()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize_per_channel(torch.tensor([[1.0, float("nan")]]))
+    with pytest.raises(ValueError, match="one scale per channel"):
+        dequantize_per_channel(q, scale[:-1])
+
+
+def test_compact_state_dict_layout_and_round_trip(tmp_path: Path) -> None:
+    from kernel_lib.weights import (
+        FORMAT,
+        compact_state_dict,
+        expand_state_dict,
+        is_compact,
+        read_state_dict,
+        save_compact,
+    )
+
+    state = {
+        "conv.weight": torch.randn(32, 8, 3, 3),  # 2,304 elements: int8
+        "conv.bias": torch.randn(32),  # 1-D: float16
+        "head.weight": torch.randn(3, 100).half(),  # 2-D, 300 elements: too small, float16
+        "fc.weight": torch.randn(64, 256),  # int8
+        "steps": torch.tensor(7),  # not floating: kept
+    }
+    compact = compact_state_dict(state)
+    assert set(compact) == {
+        "conv.weight::int8",
+        "conv.weight::scale",
+        "conv.bias",
+        "head.weight",
+        "fc.weight::int8",
+        "fc.weight::scale",
+        "steps",
+    }
+    assert compact["conv.bias"].dtype == torch.float16 and compact["steps"].dtype == torch.int64
+    assert is_compact(compact) and not is_compact(state)
+    back = expand_state_dict(compact)
+    assert list(back) == list(state)  # the order of the original
+    assert all(v.dtype == torch.float32 for k, v in back.items() if k != "steps") and torch.equal(
+        back["steps"], state["steps"]
+    )
+    for key in ("conv.weight", "fc.weight"):
+        step = state[key].abs().reshape(len(state[key]), -1).amax(dim=1) / 127
+        err = (back[key] - state[key]).abs().reshape(len(state[key]), -1).amax(dim=1)
+        assert (err <= step / 2 * (1 + 1e-5)).all()
+    assert torch.equal(back["conv.bias"], state["conv.bias"].half().float())
+    # on disk: a plain tensor dict with its format marker, read with weights_only=True
+    path = save_compact(state, tmp_path / "model_final.pth")
+    raw = torch.load(path, weights_only=True)
+    assert raw["weights_format"] == FORMAT and raw["model"].keys() == compact.keys()
+    assert all(torch.equal(read_state_dict(path)[k], v) for k, v in back.items())
+    # broken or unknown compact files are refused, naming the file
+    torch.save({"model": {k: v for k, v in compact.items() if k != "fc.weight::scale"}}, path)
+    with pytest.raises(ValueError, match=r"model_final\.pth: broken compact weights \(fc\.weight::int8 has no ::scale"):
+        read_state_dict(path)
+    torch.save({"model": compact, "weights_format": "kernel_lib/int4/9"}, path)
+    with pytest.raises(ValueError, match=r"weights_format 'kernel_lib/int4/9' is not one this kernel_lib reads"):
+        read_state_dict(path)
+    with pytest.raises(ValueError, match="already compact"):
+        compact_state_dict(compact)
+    with pytest.raises(ValueError, match=r"fc\.weight holds NaN or inf"):
+        compact_state_dict({**state, "fc.weight": torch.full((64, 256), float("inf"))})
+
+
+def test_a_compact_fold_loads_as_its_dequantised_weights_and_predicts_alike(
+    mixed_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """A fold rewritten in the compact format (scripts/compact_weights.py) loads to float32
+    weights within half a step of the original, and finds the same cells."""
+    from kernel_lib.weights import compact_state_dict, expand_state_dict, save_compact
+
+    folder = _fold_copy(mixed_dir, tmp_path)
+    original = torch.load(folder / "model_final.pth", weights_only=True)["model"]
+    save_compact(original, folder / "model_final.pth")
+    models = load_models(folder.parent, _ensemble(), CPU)
+    loaded = models[0].model.state_dict()
+    expected = expand_state_dict(compact_state_dict(original))
+    assert all(torch.equal(loaded[k], v) for k, v in expected.items())
+    plain = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    images, ens = _test_images(data_dir, 1), _ensemble(tta=("identity",))
+    ((_, _, a),) = list(predict(images, plain, ens, CPU, progress=False))
+    ((_, _, b),) = list(predict(images, models, ens, CPU, progress=False))
+    a, b = a.fused, b.fused
+    assert a is not None and b is not None and len(a) > 0
+    assert abs(len(a) - len(b)) <= max(2, len(a) // 10)
+    top = min(len(a), len(b), 5)
+    np.testing.assert_allclose(a.scores[:top], b.scores[:top], atol=0.02)
+    np.testing.assert_allclose(a.boxes[:3], b.boxes[:3], atol=2.0)  # past these, near-ties may swap
