@@ -25,6 +25,13 @@ from typing import Any, Literal
 CELL_TYPES: tuple[str, str, str] = ("shsy5y", "astro", "cort")
 """Cell types in class-index order (the models' class ids)."""
 
+CELL_CLASS = "cell"
+"""The one class of class-agnostic training data (``train --coco-classes cell``: pretraining)."""
+
+COCO_CLASSES: tuple[str, ...] = ("sartorius", "cell")
+"""How COCO instances map to a model's classes (``train --coco-classes``): the three
+:data:`CELL_TYPES`, or one class-agnostic :data:`CELL_CLASS`."""
+
 IMAGE_HEIGHT = 520
 IMAGE_WIDTH = 704
 IMAGE_SHAPE: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)

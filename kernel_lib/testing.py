@@ -12,6 +12,8 @@ demonstration models' ``tiny=True`` option, itself for tests, uses
   model-like instances made from the truth, as hard masks, as soft instances and as
   an ``evaluate`` cache, for ``tune`` and ``report`` without trained models;
 - :func:`shrink_config`: a test-sized detectron2 config;
+- :func:`write_livecell_standin`: a LIVECell-shaped folder (TIFF images, a COCO JSON
+  with dict-keyed annotations and polygon segmentations) made from annotated images;
 - :func:`load_script`: one of the project's scripts (``build_dataset.py``,
   ``scripts/*.py``) imported as a module.
 """
@@ -42,8 +44,13 @@ __all__ = [
     "shrink_config",
     "simulate_instances",
     "soft_from_masks",
+    "write_livecell_standin",
     "write_synthetic_cache",
 ]
+
+STANDIN_LINES: dict[str, str] = {"shsy5y": "SHSY5Y", "astro": "A172", "cort": "BV2"}
+"""Cell type -> the LIVECell line whose name a stand-in image gets: SH-SY5Y is in both
+sets; A172 and BV2 stand for LIVECell's lines that are no Sartorius type."""
 
 
 # ----------------------------------------------------------------------------- references
@@ -220,3 +227,82 @@ def load_script(path: str | Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def write_livecell_standin(
+    data_dir: str | Path, out_dir: str | Path, ids: Sequence[str] | None = None, *, polygons: bool = True
+) -> tuple[Path, Path]:
+    """Write a LIVECell-shaped copy of annotated images, for testing the COCO path:
+    ``OUT/images/livecell_train_val_images/<LINE>_Phase_<id>_1.tif`` (LINE from
+    :data:`STANDIN_LINES`) and ``OUT/annotations/LIVECell/livecell_coco_train.json`` with
+    LIVECell's layout: ``annotations`` a dict keyed by id, one category "cell", and each
+    instance as polygons (its outer contours, OpenCV) or, with ``polygons=False``, as an
+    uncompressed column-major RLE (exact).
+
+    Args:
+        data_dir: a competition folder (train.csv, train/<id>.png).
+        out_dir: the folder to write (made).
+        ids: images to copy (None: all of train.csv).
+
+    Returns:
+        (the JSON file, the images folder) as ``train --coco ... --coco-images ...`` take them.
+    """
+    import json
+
+    import cv2
+
+    from kernel_lib.images import read_image
+    from kernel_lib.training.datasets import load_dataset_dicts, record_masks
+
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    (images_dir / "livecell_train_val_images").mkdir(parents=True, exist_ok=True)
+    data = load_dataset_dicts(data_dir, ids)
+    images, annotations = [], {}
+    for k, record in enumerate(data.dicts, start=1):
+        name = f"{STANDIN_LINES[record['cell_type']]}_Phase_{record['image_id']}_1.tif"
+        cv2.imwrite(str(images_dir / "livecell_train_val_images" / name), read_image(record["file_name"]))
+        height, width = int(record["height"]), int(record["width"])
+        images.append({"id": k, "file_name": name, "width": width, "height": height})
+        masks = record_masks(record).to_stack()
+        for mask in masks:
+            segmentation = _polygons(mask) if polygons else _column_major_rle(mask)
+            if not segmentation:
+                continue
+            ann_id = len(annotations) + 1
+            ys, xs = np.nonzero(mask)
+            bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+            annotations[str(ann_id)] = {
+                "id": ann_id,
+                "image_id": k,
+                "category_id": 1,
+                "segmentation": segmentation,
+                "area": float(mask.sum()),
+                "bbox": bbox,
+                "iscrowd": 0,
+            }
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cell"}]}
+    json_path = out_dir / "annotations" / "LIVECell" / "livecell_coco_train.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(coco))
+    return json_path, images_dir
+
+
+def _polygons(mask: np.ndarray) -> list[list[float]]:
+    """The outer contours of a (H, W) bool mask as COCO polygons (pixel centres + 0.5,
+    as COCO's rasteriser expects), those of at least 3 points."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [(c.reshape(-1, 2).astype(np.float64) + 0.5).ravel().tolist() for c in contours if len(c) >= 3]
+
+
+def _column_major_rle(mask: np.ndarray) -> dict[str, object]:
+    """COCO's uncompressed RLE of a (H, W) bool mask: column-major run lengths, the first
+    one of 0s (0 when the first pixel is set)."""
+    flat = mask.ravel(order="F")
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}

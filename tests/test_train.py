@@ -63,8 +63,9 @@ def test_rot90_rotates_colour_images_as_a_whole() -> None:
 # ---------------------------------------------------------------------------- mapper
 
 
-def _options(tmp_path: Path, folds_csv: Path | str = "", **kw: object) -> TrainOptions:
-    return TrainOptions(data_dir="", folds_csv=str(folds_csv), fold=0, out_dir=str(tmp_path / "models"), **kw)
+def _options(tmp_path: Path, folds_csv: Path | str = "folds.csv", **kw: object) -> TrainOptions:
+    data = str(tmp_path / "data")  # options name folders; nothing reads them here
+    return TrainOptions(data_dir=data, folds_csv=str(folds_csv), fold=0, out_dir=str(tmp_path / "models"), **kw)
 
 
 def test_mapper_without_augmentation_gives_the_annotated_masks(data_dir: Path, tmp_path: Path) -> None:
@@ -147,7 +148,7 @@ def test_mapper_with_augmentation_keeps_boxes_on_their_masks(data_dir: Path, tmp
 
 
 def test_transforms_are_detectron2_ones() -> None:
-    cfg = build_config(TrainOptions("", "", 0, "out"), "cpu")
+    cfg = build_config(TrainOptions(data_dir="D", folds_csv="F.csv", fold=0, out_dir="out"), "cpu")
     augs = build_augmentations(cfg, AugmentSettings())
     assert isinstance(augs[0], T.ResizeShortestEdge)
     assert sum(isinstance(a, T.RandomFlip) for a in augs) == 2
@@ -385,6 +386,95 @@ def test_continuing_a_fold_refuses_what_would_change_its_meaning(
     empty.mkdir()
     with pytest.raises(ValueError, match="must be a fold folder"):
         build_config(_options(tiny_run, init_weights=str(empty)), "cpu")
+
+
+# ------------------------------------------------------------ COCO data, pretrain -> fine-tune
+
+TINY_ARGS = [
+    "--batch", "2", "--device", "cpu", "--min-sizes", "96", "--max-size", "160", "--test-size", "96",
+    "--workers", "0", "--set", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path, Path]:
+    """A class-agnostic COCO-only run (2 iterations) on a LIVECell-shaped copy of two images:
+    (its folder, the COCO file, its images)."""
+    from kernel_lib.testing import write_livecell_standin
+
+    root = tmp_path_factory.mktemp("pretrain")
+    coco, images = write_livecell_standin(data_dir, root / "livecell", ["0f08d640930b", "e9edcd9483e4"])
+    args = ["train", "--coco", str(coco), "--coco-images", str(images), "--coco-classes", "cell"]
+    assert main([*args, "--out", str(root / "models"), "--iters", "2", *TINY_ARGS]) == 0
+    return root / "models" / "pretrain", coco, images
+
+
+def test_a_coco_only_run_is_a_class_agnostic_pretraining_folder(pretrained: tuple[Path, Path, Path]) -> None:
+    folder, coco, _ = pretrained
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["fold"] is None and meta["classes"] == ["cell"] and meta["heldout_ids"] == []
+    assert meta["coco"][0]["annotations"] == str(coco) and meta["coco"][0]["images"] == 2
+    assert meta["train_images"] == 2 and meta["coco"][0]["instances"] == meta["train_instances"] > 100
+    assert "heldout_score" not in meta and meta["total_iters"] == 2
+    assert "NUM_CLASSES: 1" in (folder / "config.yaml").read_text()
+
+
+def test_fine_tuning_a_pretraining_folder_starts_the_class_layers_afresh(
+    pretrained: tuple[Path, Path, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    """--init-weights PRETRAIN_DIR with train.csv data (and the COCO file, as shsy5y): three
+    classes; the class-specific layers re-initialised, the rest from the pretraining."""
+    folder, coco, images = pretrained
+    folds = make_folds(data_dir / "train.csv", n_folds=2, seed=0)
+    folds = folds[folds["id"].isin(["ea362f1a9844", "b50a98297c83", "caa06f9a4057"])].copy()
+    folds["fold"] = (folds["id"] == "caa06f9a4057").astype(int)
+    write_folds(folds, tmp_path / "folds.csv")
+    args = ["train", "--data", str(data_dir), "--folds", str(tmp_path / "folds.csv"), "--fold", "1", "--no-heldout"]
+    args += ["--coco", str(coco), "--coco-images", str(images), "--init-weights", str(folder)]
+    assert main([*args, "--out", str(tmp_path / "models"), "--iters", "1", *TINY_ARGS]) == 0
+    tuned = tmp_path / "models" / "fold1"
+    meta = json.loads((tuned / "meta.json").read_text())
+    assert meta["continues"] is None and meta["classes"] == list(CELL_TYPES)
+    start = meta["initialised_from"]
+    assert start["folder"] == str(folder) and start["classes"] == ["cell"] and start["iters"] == 2
+    class_layers = {
+        "roi_heads.box_predictor.cls_score.weight",  # 1 + 1 -> 3 + 1 outputs
+        "roi_heads.box_predictor.bbox_pred.weight",  # 4 x 1 -> 4 x 3
+        "roi_heads.mask_head.predictor.weight",  # 1 -> 3 masks
+    }
+    assert class_layers <= set(start["reinitialised"]) and len(start["reinitialised"]) == 6  # and their biases
+    assert meta["total_iters"] == 3 and meta["from_scratch"] is True
+    assert meta["train_images"] == 2 + 1  # two train.csv images, the stand-in's SH-SY5Y image (A172 left out)
+    assert "NUM_CLASSES: 3" in (tuned / "config.yaml").read_text()
+    before = torch.load(folder / "model_final.pth", weights_only=True)["model"]
+    after = torch.load(tuned / "model_final.pth", weights_only=True)["model"]
+    a, b = before["backbone.bottom_up.stem.conv1.weight"].float(), after["backbone.bottom_up.stem.conv1.weight"].float()
+    assert torch.linalg.vector_norm(b - a) < 0.05 * torch.linalg.vector_norm(a)  # one step from the pretraining
+
+
+def test_coco_runs_refuse_what_is_a_mistake(
+    pretrained: tuple[Path, Path, Path], tiny_run: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, coco, images = pretrained
+    out = ["--out", str(tiny_run / "refused-coco"), "--iters", "1", *TINY_ARGS]
+    # class-agnostic data cannot join train.csv's three classes
+    args = ["train", "--data", str(data_dir), "--folds", str(tiny_run / "folds.csv"), "--fold", "1"]
+    assert main([*args, "--coco", str(coco), "--coco-images", str(images), "--coco-classes", "cell", *out]) == 2
+    assert "a class-agnostic run is COCO-only" in capsys.readouterr().err
+    # a fold (trained on train.csv) is continued on its own data, not by a COCO-only run
+    args = ["train", "--coco", str(coco), "--coco-images", str(images), "--normalization", "per_image"]
+    assert main([*args, "--init-weights", str(tiny_run / "models" / "fold1"), *out]) == 2
+    assert "held out other images than this COCO-only run" in capsys.readouterr().err
+    assert main([*args, "--coco-classes", "cell", "--init-weights", str(tiny_run / "models" / "fold1"), *out]) == 2
+    assert "that fold has the classes" in capsys.readouterr().err
+    # neither data; a file without its folder; a fold without --data
+    assert main(["train", *out]) == 2
+    assert "got neither" in capsys.readouterr().err
+    assert main(["train", "--coco", str(coco), *out]) == 2
+    assert "one --coco-images folder per --coco file" in capsys.readouterr().err
+    assert main(["train", "--coco", str(coco), "--coco-images", str(images), "--fold", "0", *out]) == 2
+    assert "holds no fold out" in capsys.readouterr().err
+    assert not (tiny_run / "refused-coco").exists()
 
 
 @pytest.mark.gpu

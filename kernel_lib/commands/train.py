@@ -3,7 +3,9 @@
 Trains fold model K (Mask R-CNN, detectron2) on the images whose fold is not K and
 leaves ``OUT/fold<K>/`` (config.yaml, model_final.pth, meta.json with the held-out
 score, metrics.json) in the layout ``predict`` reads. ``--fold all`` trains every fold
-of the folds file in turn.
+of the folds file in turn. ``--coco FILE.json --coco-images DIR`` (repeatable) adds COCO
+data (LIVECell) to a fold's training images, or trains on it alone: a pretraining run,
+``OUT/pretrain/``, that a fold run then fine-tunes with ``--init-weights OUT/pretrain``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kernel_lib.config import NORMALIZATIONS
+from kernel_lib.config import COCO_CLASSES, NORMALIZATIONS
 from kernel_lib.training.options import AugmentSettings, TrainOptions  # torch-free: --help stays light
 
 
@@ -51,7 +53,8 @@ class Option:
     field). Its default is the dataclass field's; a field without one is required.
 
     ``switch``: "off" for a ``--no-...`` flag that sets its field(s) False when given,
-    "on" for a flag that sets them True; "" for an option with a value.
+    "on" for a flag that sets them True; "" for an option with a value. ``repeat``: the
+    option may be given several times; its field gets the tuple of the values.
     """
 
     flag: str
@@ -62,6 +65,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     nargs: str | None = None
     metavar: str | None = None
+    repeat: bool = False
 
     @property
     def dest(self) -> str:
@@ -74,10 +78,25 @@ def _o(flag: str, fields: str, help: str, **kw: Any) -> Option:
 
 OPTIONS: tuple[Option, ...] = (
     _o("--data", "data_dir", "competition folder: train.csv and train/<id>.png"),
-    _o("--folds", "folds_csv", "folds CSV id,cell_type,fold (python -m kernel_lib folds)"),
-    _o("--fold", "fold", "fold K to hold out, or 'all' (each in turn)", parse=_fold),
-    _o("--out", "out_dir", "models folder; the fold lands in OUT/fold<K>/"),
-    _o("--name", "name", "fold folder name (default fold<K>; one fold only)"),
+    _o("--folds", "folds_csv", "folds CSV id,cell_type,fold (python -m kernel_lib folds); with --data"),
+    _o("--fold", "fold", "fold K to hold out, or 'all' (each in turn); with --data", parse=_fold),
+    _o(
+        "--coco",
+        "coco",
+        "COCO instances JSON to train on too, or alone (LIVECell's: dict annotations, polygons); repeatable",
+        repeat=True,
+        metavar="FILE.json",
+    ),
+    _o("--coco-images", "coco_images", "image folder of each --coco file, in the same order", repeat=True),
+    _o(
+        "--coco-classes",
+        "coco_classes",
+        "sartorius: the three classes (LIVECell's SH-SY5Y as shsy5y, other lines left out); "
+        "cell: one class-agnostic class, for COCO-only pretraining",
+        choices=COCO_CLASSES,
+    ),
+    _o("--out", "out_dir", "models folder; the fold lands in OUT/fold<K>/ (OUT/pretrain/ without --data)"),
+    _o("--name", "name", "fold folder name (default fold<K>, or pretrain; one fold only)"),
     _o("--config", "base_config", "detectron2 config file or model-zoo name (default: --arch)"),
     _o(
         "--arch",
@@ -87,7 +106,8 @@ OPTIONS: tuple[Option, ...] = (
     _o(
         "--init-weights",
         "init_weights",
-        "local .pth/.pkl to start from, or a fold folder to continue (default: from scratch)",
+        "local .pth/.pkl to start from, a fold folder to continue, or a pretraining folder to fine-tune "
+        "(default: from scratch)",
     ),
     _o("--iters", "iters", "training iterations", parse=int),
     _o("--batch", "batch", "images per iteration over all GPUs", parse=int),
@@ -166,13 +186,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kw["required"] = True
         else:
             default = defaults[field]
-            kw["default"] = list(default) if opt.nargs else default
-            if default not in ("", (), None, 0):  # 0 and 0.0 mean "the base config's" or "none"
+            kw["default"] = list(default) if opt.nargs else None if opt.repeat else default
+            if default not in ("", (), None, 0, -1):  # 0 and 0.0 mean "the base config's" or "none"
                 shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else default
                 kw["help"] = f"{opt.help} (default {shown})"
         for key in ("choices", "nargs", "metavar"):
             if getattr(opt, key) is not None:
                 kw[key] = getattr(opt, key)
+        if opt.repeat:
+            kw["action"] = "append"
         if opt.parse is not None:
             kw["type"] = opt.parse
         parser.add_argument(opt.flag, **kw)
@@ -191,8 +213,8 @@ def options_from(args: argparse.Namespace, fold: int) -> TrainOptions:
             if not value:
                 continue  # not given: the field keeps its default
             value = opt.switch == "on"
-        elif opt.nargs:
-            value = tuple(value)
+        elif opt.nargs or opt.repeat:
+            value = tuple(value or ())
         for field in opt.fields:
             if field.startswith("augment."):
                 augment[field.removeprefix("augment.")] = value
@@ -207,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
     from kernel_lib.training.trainer import rescore_fold, train_fold
 
     if args.fold == "all":
+        if not args.folds:
+            raise ValueError("--fold all: pass --folds FOLDS_CSV (and --data) to train each of its folds")
         folds = sorted(set(read_folds(args.folds)["fold"].tolist()))
         if args.name:
             raise ValueError("--name names one fold's folder; with --fold all the folders are fold<K>")

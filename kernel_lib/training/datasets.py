@@ -66,6 +66,33 @@ class TrainingData:
     problems: list[AnnotationProblem]
     rows: pd.DataFrame
 
+    @classmethod
+    def merge(cls, parts: Sequence[TrainingData]) -> TrainingData:
+        """One dataset of several (train.csv and COCO files), in order. An image id that
+        an earlier part already has is left out and reported: the same image twice would
+        be trained on twice as often.
+
+        Raises:
+            ValueError: no part.
+        """
+        if not parts:
+            raise ValueError("TrainingData.merge: expected at least one dataset, got none")
+        dicts: list[dict[str, Any]] = []
+        problems: list[AnnotationProblem] = []
+        seen: dict[str, str] = {}
+        for part in parts:
+            problems.extend(part.problems)
+            for record in part.dicts:
+                image_id, source = str(record["image_id"]), str(record.get("source", "train.csv"))
+                if image_id in seen:
+                    what = f"also in {seen[image_id]}; the copy in {source} left out"
+                    problems.append(AnnotationProblem(image_id, IMAGE_ROW, what))
+                    continue
+                seen[image_id] = source
+                dicts.append(record)
+        rows = [part.rows for part in parts if len(part.rows)]
+        return cls(dicts, problems, pd.concat(rows) if rows else parts[0].rows)
+
     def problems_frame(self) -> pd.DataFrame:
         """``problems`` as DataFrame[id, row, what]."""
         return pd.DataFrame([(p.id, p.row, p.what) for p in self.problems], columns=["id", "row", "what"]).astype(

@@ -11,9 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kernel_lib.config import NORMALIZATIONS
+from kernel_lib.config import CELL_CLASS, CELL_TYPES, COCO_CLASSES, NORMALIZATIONS
 from kernel_lib.model_folder import FoldSource, fold_source
+
+if TYPE_CHECKING:
+    from kernel_lib.training.coco import CocoSource
 
 
 @dataclass(frozen=True)
@@ -48,16 +52,28 @@ class AugmentSettings:
                 raise ValueError(f"{name}: expected (min, max) with 0 <= min <= max <= 4, got {(lo, hi)!r}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainOptions:
     """Everything one fold's training run needs (what ``python -m kernel_lib train`` takes).
 
+    A run trains on train.csv data (``data_dir`` with a folds file and a fold), on COCO
+    files (``coco``, e.g. LIVECell), or on both; a COCO-only run holds nothing out (a
+    pretraining run, its folder named ``pretrain`` by default).
+
     Attributes:
-        data_dir: competition folder (train.csv, train/<id>.png).
-        folds_csv: folds file ``id,cell_type,fold`` (``python -m kernel_lib folds``).
-        fold: K; trains on the images whose fold is not K, scores on those whose fold is K.
         out_dir: models folder; the fold lands in ``out_dir/name``.
-        name: fold folder name; "" gives ``fold<K>``.
+        data_dir: competition folder (train.csv, train/<id>.png); "" for a COCO-only run.
+        folds_csv: folds file ``id,cell_type,fold`` (``python -m kernel_lib folds``);
+            required with ``data_dir``.
+        fold: K; trains on the images whose fold is not K, scores on those whose fold is
+            K; required (>= 0) with ``data_dir``, -1 without.
+        coco: COCO instances files (:mod:`kernel_lib.training.coco`: list or dict
+            annotations, polygons or RLE), trained on in full beside the fold's images.
+        coco_images: the image folder of each ``coco`` file, in the same order.
+        coco_classes: one of :data:`kernel_lib.config.COCO_CLASSES`: "sartorius"
+            (the three classes; LIVECell's SH-SY5Y is shsy5y, other lines left out) or
+            "cell" (one class-agnostic class; COCO-only runs, for pretraining).
+        name: fold folder name; "" gives ``fold<K>`` (``pretrain`` for a COCO-only run).
         base_config: a detectron2 config file or model-zoo name; "" uses
             :func:`~kernel_lib.d2config.sartorius_config` (``arch``).
         arch: a key of :data:`kernel_lib.d2config.ARCHS` (when ``base_config`` is "").
@@ -102,10 +118,13 @@ class TrainOptions:
             ``("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128")``.
     """
 
-    data_dir: str
-    folds_csv: str
-    fold: int
     out_dir: str
+    data_dir: str = ""
+    folds_csv: str = ""
+    fold: int = -1
+    coco: tuple[str, ...] = ()
+    coco_images: tuple[str, ...] = ()
+    coco_classes: str = "sartorius"
     name: str = ""
     base_config: str = ""
     arch: str = "R50"
@@ -134,8 +153,7 @@ class TrainOptions:
     overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.fold < 0:
-            raise ValueError(f"fold: expected an integer >= 0, got {self.fold}")
+        self._check_data()
         if self.iters < 1:
             raise ValueError(f"iters: expected >= 1, got {self.iters}")
         if self.num_gpus < 1:
@@ -163,6 +181,44 @@ class TrainOptions:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
 
+    def _check_data(self) -> None:
+        if not self.data_dir and not self.coco:
+            raise ValueError("data: expected --data (train.csv and train/) and/or --coco FILE.json, got neither")
+        if self.data_dir and not self.folds_csv:
+            raise ValueError(f"--data {self.data_dir}: pass --folds FOLDS_CSV (from the folds command) and --fold K")
+        if self.data_dir and self.fold < 0:
+            raise ValueError(f"fold: expected an integer >= 0 with --data, got {self.fold}")
+        if not self.data_dir and self.fold != -1:
+            raise ValueError(f"fold {self.fold}: a COCO-only run holds no fold out; drop --fold or pass --data")
+        if len(self.coco) != len(self.coco_images):
+            raise ValueError(
+                f"coco: expected one --coco-images folder per --coco file, got {len(self.coco)} file(s) "
+                f"and {len(self.coco_images)} folder(s)"
+            )
+        if self.coco_classes not in COCO_CLASSES:
+            raise ValueError(f"coco_classes: expected one of {', '.join(COCO_CLASSES)}, got {self.coco_classes!r}")
+        if self.coco_classes == CELL_CLASS and self.data_dir:
+            raise ValueError(
+                "--coco-classes cell: train.csv data has the three Sartorius classes; a class-agnostic run is "
+                "COCO-only (pretraining); fine-tune it with --data and --init-weights THAT_FOLDER"
+            )
+
+    @property
+    def coco_sources(self) -> list[CocoSource]:
+        """Each ``coco`` file with its image folder (checked to exist).
+
+        Raises:
+            ValueError: a file or folder that does not exist.
+        """
+        from kernel_lib.training.coco import CocoSource
+
+        return [CocoSource.of(a, i) for a, i in zip(self.coco, self.coco_images)]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The model's class names, in class-index order."""
+        return (CELL_CLASS,) if self.coco_classes == CELL_CLASS else CELL_TYPES
+
     @cached_property
     def continued_fold(self) -> FoldSource | None:
         """The fold folder ``init_weights`` names, when the run continues one (its meta.json
@@ -175,7 +231,7 @@ class TrainOptions:
 
     @property
     def fold_name(self) -> str:
-        return self.name or f"fold{self.fold}"
+        return self.name or (f"fold{self.fold}" if self.data_dir else "pretrain")
 
     @property
     def fold_dir(self) -> Path:

@@ -6,6 +6,7 @@ Imports detectron2's config only (no model is built)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from detectron2.config import CfgNode, get_cfg
 
@@ -40,11 +41,11 @@ def build_config(opts: TrainOptions, device: str) -> CfgNode:
             cfg.merge_from_file(str(path))
         except Exception as err:  # yacs and yaml raise many kinds; all mean a config this detectron2 cannot read
             raise ValueError(f"--config {path}: not a detectron2 config this version reads ({err})") from None
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(CELL_TYPES)
-        cfg.MODEL.RETINANET.NUM_CLASSES = len(CELL_TYPES)
         cfg.INPUT.MASK_FORMAT = "bitmask"
     else:
         cfg = sartorius_config(opts.arch)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(opts.classes)
+    cfg.MODEL.RETINANET.NUM_CLASSES = len(opts.classes)
     cfg.MODEL.DEVICE = device
     cfg.MODEL.WEIGHTS = str(initial_weights(opts) or "")
     source = opts.continued_fold
@@ -107,10 +108,26 @@ def initial_weights(opts: TrainOptions) -> Path | None:
     )
 
 
-def check_continuation(opts: TrainOptions, split: FoldSplit) -> None:
-    """A run that continues a fold folder (``--init-weights FOLDER``) must keep what that
-    fold's weights and scores depend on: the architecture, the input normalisation and
-    the held-out images (else it would train on images it is then scored on).
+def fine_tunes(opts: TrainOptions) -> bool:
+    """Whether ``init_weights`` names a pretraining folder (a COCO-only run: no fold, no
+    held-out image): the run then starts from its weights, the class-specific layers
+    re-initialised when the classes differ, instead of continuing it."""
+    source = opts.continued_fold
+    return source is not None and source.meta.get("fold") is None and not source.meta.get("heldout_ids")
+
+
+def source_classes(meta: dict[str, Any]) -> list[str]:
+    """The class names a fold folder was trained with (meta.json ``classes``; the three
+    Sartorius types for folders written before it was recorded)."""
+    classes = meta.get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) and classes else list(CELL_TYPES)
+
+
+def check_continuation(opts: TrainOptions, split: FoldSplit | None) -> None:
+    """A run that starts from a fold folder (``--init-weights FOLDER``) must keep what that
+    folder's weights depend on: the architecture and the input normalisation. Continuing
+    a fold (not :func:`fine_tunes`) must also keep its classes and its held-out images
+    (else it would train on images it is then scored on).
 
     Raises:
         ValueError: naming the fold folder, what it was trained with and the option to pass.
@@ -128,9 +145,19 @@ def check_continuation(opts: TrainOptions, split: FoldSplit) -> None:
             f"{where}: that fold was trained with --normalization {trained}, this run has "
             f"{opts.normalization}; pass --normalization {trained}"
         )
-    heldout = meta.get("heldout_ids")
-    if isinstance(heldout, list) and sorted(heldout) != sorted(split.heldout_ids):
+    if fine_tunes(opts):
+        return
+    classes = source_classes(meta)
+    if classes != list(opts.classes):
         raise ValueError(
-            f"{where}: that fold held out other images than fold {opts.fold} of {opts.folds_csv}, so this run "
-            "would train on images that fold is scored on; pass the folds file and --fold it was trained with"
+            f"{where}: that fold has the classes {classes}, this run {list(opts.classes)}; a fold is continued on "
+            "the data it was trained on (a pretraining folder, trained on COCO files alone, is fine-tuned instead)"
+        )
+    heldout = meta.get("heldout_ids")
+    theirs = sorted(split.heldout_ids) if split is not None else []
+    if isinstance(heldout, list) and sorted(heldout) != theirs:
+        this = f"fold {opts.fold} of {opts.folds_csv}" if split is not None else "this COCO-only run (none)"
+        raise ValueError(
+            f"{where}: that fold held out other images than {this}, so this run would train on images that "
+            "fold is scored on; pass the --data, folds file and --fold it was trained with"
         )

@@ -44,11 +44,12 @@ from detectron2.utils.logger import setup_logger
 from kernel_lib.config import Config
 from kernel_lib.folds import FoldSplit, fold_split
 from kernel_lib.model_folder import META_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, read_meta, write_meta
+from kernel_lib.training.coco import CocoSource, load_coco_dicts
 from kernel_lib.training.datasets import TrainingData, load_dataset_dicts
-from kernel_lib.training.folder import CHECKPOINT_LINK, clear_leftovers, finish_fold
+from kernel_lib.training.folder import CHECKPOINT_LINK, clear_leftovers, finish_fold, unwrap
 from kernel_lib.training.mappers import build_mapper
 from kernel_lib.training.options import TrainOptions
-from kernel_lib.training.recipe import build_config, check_continuation
+from kernel_lib.training.recipe import build_config, check_continuation, fine_tunes, source_classes
 from kernel_lib.training.roi_align import use_sparse_roi_align
 from kernel_lib.training.scoring import score_fold, score_weights
 
@@ -159,72 +160,121 @@ def _train_worker(opts: TrainOptions, device: str) -> None:
 
 @dataclass(frozen=True)
 class _FoldData:
-    """The images of one run: the split, the training records and the held-out ones
-    (None when not scored)."""
+    """The images of one run: the split (None: a COCO-only run), the training records
+    (train.csv's and the COCO files') and the held-out ones (None when not scored)."""
 
-    split: FoldSplit
+    split: FoldSplit | None
     train: TrainingData
     heldout: TrainingData | None
+    coco: tuple[dict[str, Any], ...] = ()
 
 
 def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
-    """Read the split's images; rank 0 logs and writes the annotation rows left out."""
-    split = fold_split(opts.folds_csv, opts.fold)
-    train_ids = split.train_ids[: opts.max_images] if opts.max_images else split.train_ids
-    train = load_dataset_dicts(opts.data_dir, train_ids)
-    heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids) if split.heldout_ids and opts.heldout else None
+    """Read the split's images and every COCO file; rank 0 logs and writes the
+    annotations left out (``annotation_problems.csv``: id, row, what, source)."""
+    split = fold_split(opts.folds_csv, opts.fold) if opts.data_dir else None
+    parts: list[tuple[str, TrainingData]] = []
+    heldout = None
+    if split is not None:
+        train_ids = split.train_ids[: opts.max_images] if opts.max_images else split.train_ids
+        parts.append((str(Path(opts.data_dir) / "train.csv"), load_dataset_dicts(opts.data_dir, train_ids)))
+        if split.heldout_ids and opts.heldout:
+            heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids)
+    coco = []
+    for source in opts.coco_sources:
+        part = load_coco_dicts(source, opts.coco_classes)
+        parts.append((str(source.annotations), part))
+        coco.append(_coco_meta(source, part))
+    train = TrainingData.merge([part for _, part in parts])
+    if opts.max_images:
+        train = dataclasses.replace(train, dicts=train.dicts[: opts.max_images])
     if rank == 0:
-        problems = train.problems + (heldout.problems if heldout else [])
-        frame = pd.DataFrame([(p.id, p.row, p.what) for p in problems], columns=["id", "row", "what"])
-        frame.to_csv(opts.fold_dir / PROBLEMS_FILE, index=False)
-        for problem in problems[:20]:
-            logger.warning("annotation left out: %s", problem)
-        if len(problems) > 20:
-            logger.warning("... %d more in %s", len(problems) - 20, opts.fold_dir / PROBLEMS_FILE)
+        _report_problems(opts, parts, heldout, train)
         logger.info(
-            "fold %d: %d training images (%d instances), %d held-out images (%s), %d rows left out",
-            opts.fold,
+            "%s: %d training images (%d instances; %d from COCO files), %d held-out images (%s)",
+            opts.fold_name,
             len(train.dicts),
             sum(len(r["annotations"]) for r in train.dicts),
-            len(split.heldout_ids),
+            sum(int(c["images"]) for c in coco),
+            len(split.heldout_ids) if split else 0,
             "scored at the end" if heldout else "not scored",
-            len(problems),
         )
-    return _FoldData(split, train, heldout)
+    return _FoldData(split, train, heldout, tuple(coco))
 
 
-def _data_meta(opts: TrainOptions, data: _FoldData) -> dict[str, Any]:
+def _coco_meta(source: CocoSource, data: TrainingData) -> dict[str, Any]:
+    """meta.json: one COCO file trained on."""
+    return {
+        "annotations": str(source.annotations),
+        "images_dir": str(source.images),
+        "images": len(data.dicts),
+        "instances": sum(len(r["annotations"]) for r in data.dicts),
+        "left_out": len(data.problems),
+    }
+
+
+def _report_problems(
+    opts: TrainOptions, parts: list[tuple[str, TrainingData]], heldout: TrainingData | None, train: TrainingData
+) -> None:
+    """Write every annotation left out to the fold folder's problems file and log the first 20."""
+    rows = [(p.id, p.row, p.what, source) for source, part in parts for p in part.problems]
+    merged = train.problems[sum(len(part.problems) for _, part in parts) :]  # images two sources share
+    rows += [(p.id, p.row, p.what, "merge") for p in merged]
+    if heldout is not None:
+        rows += [(p.id, p.row, p.what, str(Path(opts.data_dir) / "train.csv")) for p in heldout.problems]
+    frame = pd.DataFrame(rows, columns=["id", "row", "what", "source"])
+    frame.to_csv(opts.fold_dir / PROBLEMS_FILE, index=False)
+    for image_id, row, what, source in rows[:20]:
+        logger.warning("annotation left out: %s", f"{image_id} ({source}) row {row}: {what}")
+    if len(rows) > 20:
+        logger.warning("... %d more in %s", len(rows) - 20, opts.fold_dir / PROBLEMS_FILE)
+
+
+def _data_meta(opts: TrainOptions, data: _FoldData, reinitialised: list[str]) -> dict[str, Any]:
     """meta.json: what the fold was trained on."""
     problems = len(data.train.problems) + (len(data.heldout.problems) if data.heldout else 0)
     return {
-        "fold": opts.fold,
+        "fold": opts.fold if data.split is not None else None,
         "name": opts.fold_name,
+        "classes": list(opts.classes),
         "arch": "" if opts.base_config else opts.arch,
         "base_config": opts.base_config or f"kernel_lib.d2config.sartorius_config({opts.arch!r})",
-        **_start_meta(opts),
+        **_start_meta(opts, reinitialised),
         "folds_csv": str(opts.folds_csv),
         "data_dir": str(opts.data_dir),
         "train_images": len(data.train.dicts),
         "train_instances": sum(len(r["annotations"]) for r in data.train.dicts),
-        "heldout_ids": list(data.split.heldout_ids),
+        "coco": list(data.coco),
+        "heldout_ids": list(data.split.heldout_ids) if data.split is not None else [],
         "annotation_problems": problems,
     }
 
 
-def _start_meta(opts: TrainOptions) -> dict[str, Any]:
-    """meta.json: what the weights started from. A run that continues a fold folder is
-    from scratch when that fold was, names it (``continues``: its iterations and held-out
-    score) and counts ``total_iters`` over the whole chain."""
+def _start_meta(opts: TrainOptions, reinitialised: list[str]) -> dict[str, Any]:
+    """meta.json: what the weights started from. A run that starts from a fold folder is
+    from scratch when that folder was, names it (``continues``: a fold's iterations and
+    held-out score; ``initialised_from``: a pretraining folder, its classes and the
+    class-specific layers ``reinitialised`` here) and counts ``total_iters`` over the
+    whole chain."""
     source = opts.continued_fold
+    tuning = fine_tunes(opts)
     return {
         "init_weights": opts.init_weights or None,
         "from_scratch": bool(source.meta.get("from_scratch")) if source else not opts.init_weights,
         "continues": None
-        if source is None
+        if source is None or tuning
         else {
             "folder": str(source.folder),
             "iters": source.total_iters,
             "heldout_score": source.meta.get("heldout_score"),
+        },
+        "initialised_from": None
+        if source is None or not tuning
+        else {
+            "folder": str(source.folder),
+            "iters": source.total_iters,
+            "classes": source_classes(source.meta),
+            "reinitialised": reinitialised,
         },
         "total_iters": opts.iters + (source.total_iters if source else 0),
     }
@@ -260,6 +310,16 @@ def _run_meta(first_iter: int, done: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def _reinitialised(model: torch.nn.Module, weights: Path) -> list[str]:
+    """The model's tensors that ``weights`` cannot fill, having another shape there (the
+    class-specific layers of another class count): detectron2's checkpointer skips them,
+    so they keep their fresh initialisation."""
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else {}
+    own = unwrap(model).state_dict()
+    return sorted(k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape))
+
+
 def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
     """One process's run: read the data, train, write the fold, score it on its held-out images."""
     seed_all_rng(opts.seed + rank)
@@ -279,6 +339,10 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
         return {"heldout_score": result.score, **{f"heldout_{k}": v for k, v in result.per_cell_type.items()}}
 
     trainer = _FoldTrainer(cfg, data.train.dicts, mapper, periodic_eval, bf16=bf16)
+    source = opts.continued_fold
+    reinitialised = _reinitialised(trainer.model, source.weights) if source and fine_tunes(opts) else []
+    if reinitialised:
+        logger.info("fine-tuning %s: %d class-specific tensors start afresh", source.folder, len(reinitialised))
     trainer.resume_or_load(resume=opts.resume)
     start, first_iter = time.perf_counter(), trainer.start_iter
     trainer.train()
@@ -286,14 +350,14 @@ def _train_and_score(opts: TrainOptions, device: str, rank: int) -> None:
     if not comm.is_main_process():
         return
     meta = {
-        **_data_meta(opts, data),
+        **_data_meta(opts, data, reinitialised),
         **_recipe_meta(opts, cfg, device, bf16, mapper),
         **_run_meta(first_iter, opts.iters - first_iter, seconds),
     }
     finish_fold(opts.fold_dir, cfg, trainer.model, meta, opts.keep_checkpoints)
     if data.heldout is not None:
         meta.update(score_fold(opts.fold_dir, data.heldout, config, opts.eval_config))
-        logger.info("fold %d held-out score %.4f %s", opts.fold, meta["heldout_score"], meta["heldout_per_cell_type"])
+        logger.info("%s held-out score %.4f %s", opts.fold_name, meta["heldout_score"], meta["heldout_per_cell_type"])
     write_meta(opts.fold_dir, meta)
 
 
@@ -308,6 +372,8 @@ def rescore_fold(opts: TrainOptions) -> TrainResult:
     fold_dir = opts.fold_dir
     if not (fold_dir / WEIGHTS_FILE).is_file() or not (fold_dir / META_FILE).is_file():
         raise ValueError(f"--score-only: {fold_dir} holds no trained model ({WEIGHTS_FILE} and {META_FILE})")
+    if not opts.data_dir:
+        raise ValueError("--score-only: pass --data, --folds and --fold; a COCO-only run holds no image out to score")
     split = fold_split(opts.folds_csv, opts.fold)
     if not split.heldout_ids:
         raise ValueError(f"--score-only: fold {opts.fold} of {opts.folds_csv} holds no image to score")
@@ -328,7 +394,10 @@ def train_fold(opts: TrainOptions) -> TrainResult:
         ValueError: bad options, folds file, data folder or initial weights.
     """
     device = opts.resolved_device()
-    check_continuation(opts, fold_split(opts.folds_csv, opts.fold))  # fail early, before any process starts
+    split = fold_split(opts.folds_csv, opts.fold) if opts.data_dir else None
+    for source in opts.coco_sources:  # each --coco file and its image folder exist (else ValueError), now
+        logger.debug("COCO file %s, images under %s", source.annotations, source.images)
+    check_continuation(opts, split)  # fail early, before any process starts
     build_config(opts, device)
     fold_dir = opts.fold_dir
     if (fold_dir / WEIGHTS_FILE).exists() and not opts.resume:
