@@ -26,6 +26,7 @@ from kernel_lib.rle import parse_runs, rle_problems, runs_to_indices
 __all__ = [
     "SUBMISSION_COLUMNS",
     "Problem",
+    "check_fields",
     "id_problems",
     "read_csv_columns",
     "validate_submission",
@@ -70,24 +71,38 @@ def read_csv_columns(path: str | Path, columns: Sequence[str], fix: str) -> pd.D
 _UNWRITABLE_ID = re.compile(r'[,"\n\r]')
 
 
-def _field_count_problems(path: Path, n_columns: int) -> list[Problem]:
-    """Rows of ``path`` (a CSV pandas read) with another number of fields than its header:
-    pandas would shift such a row's cells (the first becomes the index) or fill the
-    missing ones, and the checks on the columns would be checks on the wrong cells."""
+def _field_count_problems(path: Path) -> tuple[list[str], list[Problem]] | None:
+    """The header of ``path`` (a regular file) and its rows with another number of fields:
+    pandas shifts such a row's cells (when the first data row has one more, its first
+    cell becomes the index) or refuses the file (a later row with more), and checks on
+    the columns would be checks on the wrong cells. None when the csv module cannot
+    read the file (pandas' message then says why)."""
     problems: list[Problem] = []
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        for row_number, row in enumerate(reader, start=1):
-            if len(row) != n_columns and row:
-                problems.append(
-                    Problem(
-                        row[0].strip(),
-                        f"{len(row)} field(s), expected {n_columns} (the header's); a comma too many or too few",
-                        f"row {row_number}",
-                    )
-                )
-    return problems
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            for row_number, row in enumerate(reader, start=1):
+                if len(row) != len(header) and row:
+                    what = f"{len(row)} field(s), expected {len(header)} (the header's); a comma too many or too few"
+                    problems.append(Problem(row[0].strip(), what, f"row {row_number}"))
+    except (csv.Error, OSError):
+        return None
+    return header, problems
+
+
+def check_fields(path: str | Path, fix: str) -> None:
+    """Refuse a CSV with a row of another number of fields than its header (pandas would
+    read its cells shifted, silently, when it is the first row).
+
+    Raises:
+        ValueError: naming the file, the first such row and ``fix``.
+    """
+    scanned = _field_count_problems(Path(path)) if file_kind(path) is None else None
+    if scanned is not None and scanned[1]:
+        first = scanned[1][0]
+        more = f" (and {len(scanned[1]) - 1} more row(s))" if len(scanned[1]) > 1 else ""
+        raise ValueError(f"{path}: data {first.where}: {first.what}{more}; {fix}")
 
 
 def id_problems(ids: Sequence[str]) -> list[str]:
@@ -216,12 +231,20 @@ def validate_submission(
             or lacks the ``id`` / ``predicted`` columns.
     """
     fix = "expected a CSV with header 'id,predicted' (see sample_submission.csv)"
-    df = read_csv_columns(path, SUBMISSION_COLUMNS, fix)
+    try:
+        df = read_csv_columns(path, SUBMISSION_COLUMNS, fix)
+    except ValueError:
+        # pandas refuses a later row with more fields than the header: list every such row
+        scanned = _field_count_problems(Path(path)) if file_kind(path) is None else None
+        if scanned is not None and scanned[1] and set(SUBMISSION_COLUMNS) <= set(scanned[0]):
+            return scanned[1]
+        raise
     problems: list[Problem] = []
     extra_cols = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
     if extra_cols:
         problems.append(Problem("", f"unexpected column(s) {extra_cols}", "header"))
-    fields = _field_count_problems(Path(path), len(df.columns))
+    scanned = _field_count_problems(Path(path))
+    fields = scanned[1] if scanned is not None else []
     if fields or not isinstance(df.index, pd.RangeIndex):
         # the cells are not where the header says: every other check would read the wrong ones
         return problems + (fields or [Problem("", "rows with more fields than the header", "file")])

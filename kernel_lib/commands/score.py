@@ -8,7 +8,7 @@ import sys
 
 from kernel_lib.config import IMAGE_SHAPE
 from kernel_lib.metric import ScoreReport, score_submission
-from kernel_lib.submission import read_csv_columns
+from kernel_lib.submission import check_fields, read_csv_columns
 from kernel_lib.truth import describe_dropped
 
 
@@ -42,10 +42,12 @@ def format_report(report: ScoreReport, why_none: str = "") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    truth = read_csv_columns(
-        args.truth, ("id", "annotation"), "pass the competition's train.csv (id, annotation, ...) as --truth"
-    )
-    pred = read_csv_columns(args.pred, ("id", "predicted"), "pass a submission CSV (id, predicted) as --pred")
+    truth_fix = "pass the competition's train.csv (id, annotation, ...) as --truth"
+    pred_fix = "pass a submission CSV (id, predicted) as --pred"
+    truth = read_csv_columns(args.truth, ("id", "annotation"), truth_fix)
+    pred = read_csv_columns(args.pred, ("id", "predicted"), pred_fix)
+    check_fields(args.truth, truth_fix)  # else pandas may read a row's cells shifted, silently
+    check_fields(args.pred, pred_fix)
     ids = list(dict.fromkeys(pred["id"].str.strip())) if args.only_predicted else None
     report = score_submission(
         truth,
