@@ -61,9 +61,11 @@ def check_input_file(path: str | Path, flag: str, fix: str) -> Path:
 
     Raises:
         FileNotFoundError: nothing is there.
-        ValueError: it is a folder, a device, a FIFO, a socket or a broken link; the
+        ValueError: it is empty (``""``), a folder, a device, a FIFO, a socket or a broken link; the
             message says which, names ``flag`` and the path, and ends with ``fix``.
     """
+    if not os.fspath(path):
+        raise ValueError(f"{flag} is empty; {fix}")
     path = Path(path)
     kind = file_kind(path)
     if kind == "missing":

@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from kernel_lib.outputs import check_input_file, check_output, file_kind, note_output
     from kernel_lib.report import render_html, write_report
 
-    if args.config:
+    if args.config is not None:
         check_input_file(args.config, "--config", "pass a JSON config (written by `tune` or `Config.to_json`)")
-    config = load_config(args.config) if args.config else None
+    config = load_config(args.config) if args.config is not None else None
     check_input_file(args.truth, "--truth", "pass the competition's train.csv")
     if args.images is not None:
         kind = file_kind(args.images)

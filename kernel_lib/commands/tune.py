@@ -36,16 +36,16 @@ def _fmt(s: Setting) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.config:
+    if args.config is not None:
         check_input_file(args.config, "--config", "pass a JSON config (written by `tune` or `Config.to_json`)")
-    given = load_config(args.config) if args.config else None
+    given = load_config(args.config) if args.config is not None else None
     if args.trials < 1:
         raise ValueError(f"--trials: expected at least 1, got {args.trials}")
     check_input_file(args.truth, "--truth", "pass the competition's train.csv")
     cache = Path(args.cache)
     inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": cache / MANIFEST, "--cache": cache}
     note_output(check_output(args.out, inputs))
-    if args.history:
+    if args.history is not None:
         note_output(check_output(args.history, {**inputs, "--out": args.out}, flag="--history"))
 
     entries, used = read_manifest(args.cache)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     best = base.replace(postprocess=result.config)
     best.to_json(args.out)
     print(f"wrote {args.out} (pass it as --config to evaluate/predict, or load_config in the notebook)")
-    if args.history:
+    if args.history is not None:
         with atomic_output(args.history) as tmp:
             result.history.to_csv(tmp, index=False)
         print(f"wrote {args.history}")
