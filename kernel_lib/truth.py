@@ -29,7 +29,6 @@ predictions as false positives); training leaves such an image out.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -118,7 +117,7 @@ def check_image_rows(
         if what is None and indices.size == 0:
             what = "empty annotation (no pixel)"
         if what is None:
-            key = hashlib.sha1(indices.tobytes()).digest()
+            key = indices.tobytes()  # the pixels themselves: equal keys are equal pixel sets
             if key not in seen:
                 seen[key] = row
                 valid.append((row, indices))
@@ -237,10 +236,10 @@ def truth_images(
         image_id = str(image_id)
         frame_shape = shape if shape is not None else _row_shape(rows)
         valid, problems = check_image_rows(image_id, rows, frame_shape)
-        if valid:
-            cell_type = str(rows.loc[valid[0][0], "cell_type"]) if "cell_type" in rows.columns else ""
-        else:
-            cell_type = str(rows["cell_type"].iloc[0]) if "cell_type" in rows.columns else ""
+        cell_type = ""
+        if "cell_type" in rows.columns:  # the first kept row's, else the first row's
+            types = rows["cell_type"].tolist()
+            cell_type = str(types[rows.index.tolist().index(valid[0][0])] if valid else types[0])
         out[image_id] = TruthImage(
             image_id,
             frame_shape,
