@@ -11,6 +11,7 @@ setuptools >= 82).
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -118,3 +119,31 @@ def _node(cfg: CfgNode, dotted: str) -> CfgNode:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
+
+
+ZOO_URL_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
+"""Where detectron2's model zoo keeps its checkpoints."""
+
+
+def zoo_checkpoint_url(name: str) -> str:
+    """The checkpoint URL of a detectron2 model-zoo config name (``.yaml`` optional), read
+    from the table in the installed ``detectron2/model_zoo/model_zoo.py`` without
+    importing it (it imports ``pkg_resources``).
+
+    Raises:
+        ValueError: detectron2 is not installed, or the zoo has no checkpoint of that name.
+    """
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("detectron2 is not installed; install the bundle's wheels (see README)")
+    source = Path(next(iter(spec.submodule_search_locations))) / "model_zoo" / "model_zoo.py"
+    table: dict[str, str] = {}
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "CONFIG_PATH_TO_URL_SUFFIX" for t in node.targets
+        ):
+            table = ast.literal_eval(node.value)
+    key = name.removesuffix(".yaml").removesuffix(".py")
+    if key not in table:
+        raise ValueError(f"{name}: no checkpoint of that name in detectron2's model zoo ({len(table)} names known)")
+    return f"{ZOO_URL_PREFIX}{key}/{table[key]}"

@@ -103,8 +103,8 @@ def initial_weights(opts: TrainOptions) -> Path | None:
         if weights.is_file():
             return weights.resolve()
     raise ValueError(
-        f"--init-weights {opts.init_weights}: expected a local .pth/.pkl file or a fold folder "
-        "(no download at run time); omit it to train from scratch"
+        f"--init-weights {opts.init_weights}: expected a local .pth/.pkl file or a fold folder (URLs and "
+        "zoo: names are downloaded by train_fold first); omit it to train from scratch"
     )
 
 

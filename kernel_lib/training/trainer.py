@@ -44,14 +44,17 @@ from detectron2.utils.logger import setup_logger
 from kernel_lib.config import Config
 from kernel_lib.folds import FoldSplit, fold_split
 from kernel_lib.model_folder import META_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, read_meta, write_meta
+from kernel_lib.training.checkpoint import SafeCheckpointer
 from kernel_lib.training.coco import CocoSource, load_coco_dicts
 from kernel_lib.training.datasets import TrainingData, load_dataset_dicts
+from kernel_lib.training.download import Download, fetch_weights, is_remote
 from kernel_lib.training.folder import CHECKPOINT_LINK, clear_leftovers, finish_fold, unwrap
 from kernel_lib.training.mappers import build_mapper
 from kernel_lib.training.options import TrainOptions
 from kernel_lib.training.recipe import build_config, check_continuation, fine_tunes, source_classes
 from kernel_lib.training.roi_align import use_sparse_roi_align
 from kernel_lib.training.scoring import score_fold, score_weights
+from kernel_lib.weights import read_state_dict
 
 logger = logging.getLogger("kernel_lib.training")
 
@@ -104,6 +107,9 @@ class _FoldTrainer(DefaultTrainer):
         ]
 
     def build_hooks(self) -> list[Any]:
+        # DefaultTrainer made a DetectionCheckpointer just before this call: read weights without unpickling
+        old = self.checkpointer
+        self.checkpointer = SafeCheckpointer(old.model, old.save_dir, **old.checkpointables)
         out = []
         for hook in super().build_hooks():
             if isinstance(hook, hooks.EvalHook):
@@ -314,8 +320,7 @@ def _reinitialised(model: torch.nn.Module, weights: Path) -> list[str]:
     """The model's tensors that ``weights`` cannot fill, having another shape there (the
     class-specific layers of another class count): detectron2's checkpointer skips them,
     so they keep their fresh initialisation."""
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else {}
+    state = read_state_dict(weights, f"--init-weights {weights}")
     own = unwrap(model).state_dict()
     return sorted(k for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape))
 
@@ -394,19 +399,46 @@ def train_fold(opts: TrainOptions) -> TrainResult:
         ValueError: bad options, folds file, data folder or initial weights.
     """
     device = opts.resolved_device()
+    _check_before_training(opts)
+    opts, fetched = _local_initial_weights(opts)
+    build_config(opts, device)  # a config detectron2 refuses stops here, before any process starts
+    if opts.fold_dir.exists() and not opts.resume:
+        clear_leftovers(opts.fold_dir)
+    launch(_train_worker, opts.num_gpus if device == "cuda" else 1, dist_url="auto", args=(opts, device))
+    if not (opts.fold_dir / META_FILE).is_file():
+        raise RuntimeError(f"training of {opts.fold_dir} ended without writing {opts.fold_dir / META_FILE}")
+    meta = read_meta(opts.fold_dir)
+    if fetched is not None:
+        meta["init_weights_source"] = {"url": fetched.url, "sha256": fetched.sha256}
+        write_meta(opts.fold_dir, meta)
+    return TrainResult(opts.fold_dir, meta)
+
+
+def _check_before_training(opts: TrainOptions) -> None:
+    """What would stop a run, checked before anything is downloaded or started: the folds
+    file, each COCO file and folder, what continuing a fold must keep, the fold folder."""
     split = fold_split(opts.folds_csv, opts.fold) if opts.data_dir else None
-    for source in opts.coco_sources:  # each --coco file and its image folder exist (else ValueError), now
+    for source in opts.coco_sources:  # each --coco file and its image folder exist (else ValueError)
         logger.debug("COCO file %s, images under %s", source.annotations, source.images)
-    check_continuation(opts, split)  # fail early, before any process starts
-    build_config(opts, device)
+    check_continuation(opts, split)
     fold_dir = opts.fold_dir
     if (fold_dir / WEIGHTS_FILE).exists() and not opts.resume:
         raise ValueError(f"{fold_dir} already holds a trained model; remove it, pick another --out/--name or --resume")
     if opts.resume and not (fold_dir / CHECKPOINT_LINK).is_file():
         raise ValueError(f"--resume: {fold_dir} holds no last_checkpoint to resume from (keep_checkpoints off?)")
-    if fold_dir.exists() and not opts.resume:
-        clear_leftovers(fold_dir)
-    launch(_train_worker, opts.num_gpus if device == "cuda" else 1, dist_url="auto", args=(opts, device))
-    if not (fold_dir / META_FILE).is_file():
-        raise RuntimeError(f"training of {fold_dir} ended without writing {fold_dir / META_FILE}")
-    return TrainResult(fold_dir, read_meta(fold_dir))
+
+
+def weights_cache() -> Path:
+    """Where downloaded initial weights are kept: ``$XDG_CACHE_HOME/kernel_lib/weights``
+    (``~/.cache/...``), never inside a models folder that would be uploaded."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kernel_lib" / "weights"
+
+
+def _local_initial_weights(opts: TrainOptions) -> tuple[TrainOptions, Download | None]:
+    """``opts`` with a URL or model-zoo ``init_weights`` replaced by the downloaded file."""
+    if not is_remote(opts.init_weights):
+        return opts, None
+    fetched = fetch_weights(opts.init_weights, weights_cache())
+    logger.info("initial weights %s: %s (sha256 %s)", fetched.url, fetched.path, fetched.sha256)
+    return dataclasses.replace(opts, init_weights=str(fetched.path)), fetched
