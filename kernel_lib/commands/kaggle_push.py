@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--work",
         type=Path,
         default=ROOT / "build" / "kaggle-kernel",
-        help="kernel folder written for `kaggle kernels push` (default build/kaggle-kernel)",
+        help="kernel folder it makes (and marks) for `kaggle kernels push`; an existing folder it did not make "
+        "is refused (default build/kaggle-kernel)",
     )
     parser.add_argument("--bundle-slug", default="sartorius-offline-bundle", help="bundle dataset slug")
     parser.add_argument("--models-slug", default="sartorius-fold-models", help="model-weights dataset slug")
