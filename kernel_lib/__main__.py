@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "folds": "write a stratified K-fold split (by cell type) of train.csv",
     "report": "HTML report of an evaluation: per cell type, per threshold, worst images",
     "train": "train one fold model (detectron2 Mask R-CNN) in the layout predict reads",
+    "pseudo": "pseudo-label unlabelled images with the ensemble, as train.csv rows to train on",
     "kaggle-push": "upload the bundle and model datasets, push the notebook, optionally wait and submit",
 }
 

@@ -73,6 +73,12 @@ class TrainOptions:
         coco_classes: one of :data:`kernel_lib.config.COCO_CLASSES`: "sartorius"
             (the three classes; LIVECell's SH-SY5Y is shsy5y, other lines left out) or
             "cell" (one class-agnostic class; COCO-only runs, for pretraining).
+        extra_truth: more annotations in train.csv's format (``python -m kernel_lib pseudo``'s
+            pseudo-labels), trained on beside the fold's images; an image the fold holds
+            out is left out of them (reported).
+        extra_images: the image folder of each ``extra_truth`` file, in the same order.
+        extra_weight: how often an ``extra_truth`` image is drawn relative to a labelled
+            one, in (0, 10] (detectron2's repeat-factor sampler); 1 draws them alike.
         name: fold folder name; "" gives ``fold<K>`` (``pretrain`` for a COCO-only run).
         base_config: a detectron2 config file or model-zoo name; "" uses
             :func:`~kernel_lib.d2config.sartorius_config` (``arch``).
@@ -125,6 +131,9 @@ class TrainOptions:
     coco: tuple[str, ...] = ()
     coco_images: tuple[str, ...] = ()
     coco_classes: str = "sartorius"
+    extra_truth: tuple[str, ...] = ()
+    extra_images: tuple[str, ...] = ()
+    extra_weight: float = 1.0
     name: str = ""
     base_config: str = ""
     arch: str = "R50"
@@ -182,6 +191,8 @@ class TrainOptions:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
 
     def _check_data(self) -> None:
+        if self.extra_truth and not self.data_dir:
+            raise ValueError("--extra-truth: pseudo-labels are trained on beside --data (train.csv); pass --data too")
         if not self.data_dir and not self.coco:
             raise ValueError("data: expected --data (train.csv and train/) and/or --coco FILE.json, got neither")
         if self.data_dir and not self.folds_csv:
@@ -195,6 +206,13 @@ class TrainOptions:
                 f"coco: expected one --coco-images folder per --coco file, got {len(self.coco)} file(s) "
                 f"and {len(self.coco_images)} folder(s)"
             )
+        if len(self.extra_truth) != len(self.extra_images):
+            raise ValueError(
+                f"extra_truth: expected one --extra-images folder per --extra-truth file, got "
+                f"{len(self.extra_truth)} file(s) and {len(self.extra_images)} folder(s)"
+            )
+        if not 0.0 < self.extra_weight <= 10.0:
+            raise ValueError(f"extra_weight: expected a sampling weight in (0, 10], got {self.extra_weight!r}")
         if self.coco_classes not in COCO_CLASSES:
             raise ValueError(f"coco_classes: expected one of {', '.join(COCO_CLASSES)}, got {self.coco_classes!r}")
         if self.coco_classes == CELL_CLASS and self.data_dir:

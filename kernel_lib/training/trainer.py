@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader
+from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.engine import DefaultTrainer, hooks, launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -54,6 +55,7 @@ from kernel_lib.training.options import TrainOptions
 from kernel_lib.training.recipe import build_config, check_continuation, fine_tunes, source_classes
 from kernel_lib.training.roi_align import use_sparse_roi_align
 from kernel_lib.training.scoring import score_fold, score_weights
+from kernel_lib.truth import IMAGE_ROW, AnnotationProblem
 from kernel_lib.weights import read_state_dict
 
 logger = logging.getLogger("kernel_lib.training")
@@ -93,9 +95,12 @@ class _FoldTrainer(DefaultTrainer):
         return model
 
     def build_train_loader(self, cfg: CfgNode) -> Any:  # type: ignore[override]
+        repeats = [float(record.get("repeat", 1.0)) for record in self._dataset]
+        sampler = RepeatFactorTrainingSampler(torch.tensor(repeats)) if set(repeats) != {1.0} else None
         return build_detection_train_loader(
             self._dataset,
             mapper=self._mapper,
+            sampler=sampler,
             total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
@@ -186,6 +191,8 @@ def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
         parts.append((str(Path(opts.data_dir) / "train.csv"), load_dataset_dicts(opts.data_dir, train_ids)))
         if split.heldout_ids and opts.heldout:
             heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids)
+    for truth, images in zip(opts.extra_truth, opts.extra_images):
+        parts.append((truth, _extra_data(truth, images, split, opts.extra_weight)))
     coco = []
     for source in opts.coco_sources:
         part = load_coco_dicts(source, opts.coco_classes)
@@ -206,6 +213,21 @@ def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
             "scored at the end" if heldout else "not scored",
         )
     return _FoldData(split, train, heldout, tuple(coco))
+
+
+def _extra_data(truth: str, images: str, split: FoldSplit | None, weight: float) -> TrainingData:
+    """An ``--extra-truth`` file (pseudo-labels) read as train.csv is, its records tagged
+    with their source and sampling weight; images the fold holds out are left out."""
+    data = load_dataset_dicts(Path(images).parent, None, train_csv=truth, image_dir=images)
+    heldout = set(split.heldout_ids) if split is not None else set()
+    dicts, problems = [], list(data.problems)
+    for record in data.dicts:
+        if record["image_id"] in heldout:
+            what = "held out by this fold (it is scored on); its extra labels left out"
+            problems.append(AnnotationProblem(str(record["image_id"]), IMAGE_ROW, what))
+            continue
+        dicts.append({**record, "source": truth, "repeat": weight})
+    return TrainingData(dicts, problems, data.rows)
 
 
 def _coco_meta(source: CocoSource, data: TrainingData) -> dict[str, Any]:
@@ -251,6 +273,10 @@ def _data_meta(opts: TrainOptions, data: _FoldData, reinitialised: list[str]) ->
         "train_images": len(data.train.dicts),
         "train_instances": sum(len(r["annotations"]) for r in data.train.dicts),
         "coco": list(data.coco),
+        "extra_truth": [
+            {"file": truth, "images_dir": images, "weight": opts.extra_weight}
+            for truth, images in zip(opts.extra_truth, opts.extra_images)
+        ],
         "heldout_ids": list(data.split.heldout_ids) if data.split is not None else [],
         "annotation_problems": problems,
     }
