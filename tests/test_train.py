@@ -388,6 +388,39 @@ def test_continuing_a_fold_refuses_what_would_change_its_meaning(
         build_config(_options(tiny_run, init_weights=str(empty)), "cpu")
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seed", "-1"], "seed: expected a whole number in [0, 2**32)"),
+        (["--lr", "nan"], "lr: expected a finite number >= 0"),
+        (["--lr", "inf"], "lr: expected a finite number >= 0"),
+        (["--name", "../x"], "name: expected a plain folder name inside --out"),
+        (["--name", ".hidden"], "name: expected a plain folder name inside --out"),
+        (["--init-weights", "GARBAGE.pth"], "GARBAGE.pth could not be read as a torch checkpoint"),
+        (["--init-weights", "GARBAGE.pkl"], "GARBAGE.pkl: not a pickle of weights arrays"),
+        (["--out-file"], "is a file; pass the models folder"),
+    ],
+)
+def test_train_refuses_bad_options_in_one_line_before_writing(
+    extra: list[str], message: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_folds(make_folds(data_dir / "train.csv", n_folds=2, seed=0), tmp_path / "folds.csv")
+    (tmp_path / "GARBAGE.pth").write_bytes(b"\x00garbage")
+    (tmp_path / "GARBAGE.pkl").write_bytes(b"\x80\x04garbage")
+    out = tmp_path / "models"
+    if extra == ["--out-file"]:
+        out.write_text("a file")
+        extra = []
+    extra = [str(tmp_path / e) if e.startswith("GARBAGE") else e for e in extra]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    args = ["train", "--data", str(data_dir), "--folds", str(tmp_path / "folds.csv"), "--fold", "0"]
+    assert main([*args, "--out", str(out), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("error:") == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "x").exists() and (not out.exists() or out.is_file())
+
+
 # ------------------------------------------------------------ COCO data, pretrain -> fine-tune
 
 TINY_ARGS = [

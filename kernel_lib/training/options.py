@@ -8,6 +8,7 @@ Training itself is :mod:`kernel_lib.training.trainer`'s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -169,8 +170,14 @@ class TrainOptions:
             raise ValueError(f"num_gpus: expected >= 1, got {self.num_gpus}")
         if self.batch < 1 or self.batch % self.num_gpus:
             raise ValueError(f"batch: expected a positive multiple of num_gpus ({self.num_gpus}), got {self.batch}")
-        if self.lr < 0:
-            raise ValueError(f"lr: expected >= 0 (0 = linear scaling), got {self.lr}")
+        if not 0 <= self.lr < math.inf:  # NaN fails too
+            raise ValueError(f"lr: expected a finite number >= 0 (0 = linear scaling), got {self.lr}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed: expected a whole number in [0, 2**32) (numpy's seeds), got {self.seed}")
+        if self.name and (self.name in (".", "..") or self.name.startswith(".") or any(c in self.name for c in "/\\")):
+            raise ValueError(
+                f"name: expected a plain folder name inside --out (no path separator, not hidden), got {self.name!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device: expected auto, cpu or cuda, got {self.device!r}")
         from kernel_lib.d2config import ARCHS  # detectron2: only when options are built, not for --help

@@ -45,7 +45,7 @@ from detectron2.utils.logger import setup_logger
 from kernel_lib.config import Config
 from kernel_lib.folds import FoldSplit, fold_split
 from kernel_lib.model_folder import META_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, read_meta, write_meta
-from kernel_lib.training.checkpoint import SafeCheckpointer
+from kernel_lib.training.checkpoint import SafeCheckpointer, read_pickled_weights
 from kernel_lib.training.coco import CocoSource, load_coco_dicts
 from kernel_lib.training.datasets import TrainingData, load_dataset_dicts
 from kernel_lib.training.download import Download, fetch_weights, is_remote
@@ -447,11 +447,27 @@ def _check_before_training(opts: TrainOptions) -> None:
     for source in opts.coco_sources:  # each --coco file and its image folder exist (else ValueError)
         logger.debug("COCO file %s, images under %s", source.annotations, source.images)
     check_continuation(opts, split)
+    out = Path(opts.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass the models folder the fold folder goes in")
+    if opts.init_weights and opts.continued_fold is None and not is_remote(opts.init_weights):
+        _check_weights_file(Path(opts.init_weights))
     fold_dir = opts.fold_dir
     if (fold_dir / WEIGHTS_FILE).exists() and not opts.resume:
         raise ValueError(f"{fold_dir} already holds a trained model; remove it, pick another --out/--name or --resume")
     if opts.resume and not (fold_dir / CHECKPOINT_LINK).is_file():
         raise ValueError(f"--resume: {fold_dir} holds no last_checkpoint to resume from (keep_checkpoints off?)")
+
+
+def _check_weights_file(path: Path) -> None:
+    """A local ``--init-weights`` file is read once before anything starts, as the run
+    will read it (never unpickling objects), so that a wrong file stops here."""
+    if not path.is_file():
+        return  # build_config says what to pass
+    if path.suffix == ".pkl":
+        read_pickled_weights(path)
+    else:
+        read_state_dict(path, f"--init-weights {path}")
 
 
 def weights_cache() -> Path:
