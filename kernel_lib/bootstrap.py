@@ -189,9 +189,10 @@ def install(
     return missing
 
 
-def main() -> list[str]:
-    """:func:`install` with this file's folder tried first (the notebooks' entry point)."""
-    return install(here=Path(__file__).resolve().parent)
+def main() -> None:
+    """:func:`install` with this file's folder tried first (the notebooks' entry point; it
+    returns nothing, so that the notebook cell ending with this call shows only what it printed)."""
+    install(here=Path(__file__).resolve().parent)
 
 
 if __name__ == "__main__":
