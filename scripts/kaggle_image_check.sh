@@ -21,7 +21,7 @@
 # 4. notebook: notebooks/sartorius-inference.ipynb executed by the image's own nbclient and
 #              ipykernel, with KAGGLE_INPUT/KAGGLE_WORKING on the tree, on the CPU, with no network
 #              (a fresh network namespace when `unshare -n` works, PIP_NO_INDEX always): its own
-#              install cell installs the bundle.
+#              install cell runs the bundle's kernel_lib_bootstrap.py, which installs its wheels.
 # 5. verdict:  the submission validated against sample_submission.csv; `pip freeze` of the image
 #              before and after the notebook compared: what the install cell added, and whether it
 #              upgraded, downgraded or removed anything the image had (that fails the check).
@@ -31,8 +31,8 @@
 #
 # Too heavy for CI (the image is several GB); the last result is in docs/compat.md.
 # Runs at nice 19 (KAGGLE_CHECK_NICE=N to change) so as not to slow other work on the machine.
-# KERNEL_LIB_CONFIG=config.json runs the notebook with that pipeline config (default: the
-# library's defaults, as on Kaggle). WORK defaults to build/kaggle-image-check (git-ignored);
+# KERNEL_LIB_CONFIG=config.json runs the notebook with that pipeline config (default, as on
+# Kaggle: the models' best_config.json, else the defaults). WORK: build/kaggle-image-check (git-ignored);
 # the image venv is deleted at the end unless --keep-image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
