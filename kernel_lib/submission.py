@@ -230,6 +230,31 @@ def validate_submission(
         ValueError: the file (or the sample) is missing, not a regular file, not a CSV,
             or lacks the ``id`` / ``predicted`` columns.
     """
+    df, problems = _read_rows(path)
+    if df is None:
+        return problems
+    ids = df["id"].str.strip().to_numpy()
+    rles = df["predicted"].to_numpy()
+    problems += _id_problems(df["id"].to_numpy(), ids)
+    by_id: dict[str, list[int]] = {}
+    for k, image_id in enumerate(ids.tolist()):
+        if image_id:
+            by_id.setdefault(image_id, []).append(k)
+    for image_id, rows in by_id.items():
+        problems += _image_problems(image_id, rows, rles, shape)
+    if sample is not None:
+        problems += _sample_problems(sample, by_id)
+    return problems
+
+
+def _read_rows(path: str | Path) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """The submission's rows and the problems of its header and field counts; no rows
+    (None) when the cells are not where the header says (every other check would read
+    the wrong ones).
+
+    Raises:
+        ValueError: as :func:`validate_submission`.
+    """
     fix = "expected a CSV with header 'id,predicted' (see sample_submission.csv)"
     try:
         df = read_csv_columns(path, SUBMISSION_COLUMNS, fix)
@@ -237,7 +262,7 @@ def validate_submission(
         # pandas refuses a later row with more fields than the header: list every such row
         scanned = _field_count_problems(Path(path)) if file_kind(path) is None else None
         if scanned is not None and scanned[1] and set(SUBMISSION_COLUMNS) <= set(scanned[0]):
-            return scanned[1]
+            return None, scanned[1]
         raise
     problems: list[Problem] = []
     extra_cols = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
@@ -246,72 +271,76 @@ def validate_submission(
     scanned = _field_count_problems(Path(path))
     fields = scanned[1] if scanned is not None else []
     if fields or not isinstance(df.index, pd.RangeIndex):
-        # the cells are not where the header says: every other check would read the wrong ones
-        return problems + (fields or [Problem("", "rows with more fields than the header", "file")])
+        return None, problems + (fields or [Problem("", "rows with more fields than the header", "file")])
     if df.empty:
         problems.append(Problem("", "no row: a submission has one row (at least) per test image", "file"))
-    raw_ids = df["id"].to_numpy()
-    ids = df["id"].str.strip().to_numpy()
-    rles = df["predicted"].to_numpy()
-    row_numbers = np.arange(1, len(df) + 1)
-    for r in row_numbers[ids == ""].tolist():
-        problems.append(Problem("", "empty id", f"row {r}"))
+    return df, problems
+
+
+def _id_problems(raw_ids: np.ndarray, ids: np.ndarray) -> list[Problem]:
+    """Empty ids, and ids no submission row can hold (a comma, a quote, a line break)."""
+    problems = [Problem("", "empty id", f"row {k + 1}") for k in np.flatnonzero(ids == "").tolist()]
     for k in np.flatnonzero([bool(_UNWRITABLE_ID.search(i)) for i in raw_ids]).tolist():
         problems.append(
             Problem(repr(raw_ids[k]), "id with a comma, a quote or a line break (no image id has one)", f"row {k + 1}")
         )
+    return problems
+
+
+def _image_problems(image_id: str, rows: list[int], rles: np.ndarray, shape: tuple[int, int]) -> list[Problem]:
+    """One image's rows (0-based ``rows`` into ``rles``): numbers past the frame, bad
+    RLE, empty rows beside instances or repeated, overlapping instances."""
+    problems: list[Problem] = []
     frame_digits = len(str(shape[0] * shape[1]))
     too_long = re.compile(rf"(?<!\d)0*[1-9]\d{{{frame_digits},}}")  # a number > H*W: past the frame whatever it is
-
-    by_id: dict[str, list[int]] = {}
-    for k, image_id in enumerate(ids.tolist()):
-        if image_id:
-            by_id.setdefault(image_id, []).append(k)
-    for image_id, ks in by_id.items():
-        empties = [k for k in ks if not rles[k].strip()]
-        good = []
-        for k in ks:
-            if not rles[k].strip():
-                continue
-            huge = too_long.search(rles[k])
-            if huge:  # checked here: past int64, start + length would wrap around
-                number = huge.group(0)
-                shown = number if len(number) <= 24 else f"{number[:20]}..."
-                frame = f"the {shape[0]}x{shape[1]} frame ({shape[0] * shape[1]} pixels)"
-                problems.append(Problem(image_id, f"bad RLE: number {shown} beyond {frame}", f"row {row_numbers[k]}"))
+    empties = [k for k in rows if not rles[k].strip()]
+    good = []
+    for k in rows:
+        if not rles[k].strip():
+            continue
+        huge = too_long.search(rles[k])
+        if huge:  # checked here: past int64, start + length would wrap around
+            number = huge.group(0)
+            shown = number if len(number) <= 24 else f"{number[:20]}..."
+            frame = f"the {shape[0]}x{shape[1]} frame ({shape[0] * shape[1]} pixels)"
+            problems.append(Problem(image_id, f"bad RLE: number {shown} beyond {frame}", f"row {k + 1}"))
+        else:
+            good.append(k)
+    try:  # fast path: every string of the image at once
+        parse_runs([rles[k] for k in good], shape)
+    except ValueError:  # find each bad row
+        checked: list[int] = []
+        for k in good:
+            bad = rle_problems(rles[k], shape)
+            if bad:
+                problems.extend(Problem(image_id, f"bad RLE: {b}", f"row {k + 1}") for b in bad)
             else:
-                good.append(k)
-        try:  # fast path: every string of the image at once
-            parse_runs([rles[k] for k in good], shape)
-        except ValueError:  # find each bad row
-            checked: list[int] = []
-            for k in good:
-                bad = rle_problems(rles[k], shape)
-                if bad:
-                    problems.extend(Problem(image_id, f"bad RLE: {b}", f"row {row_numbers[k]}") for b in bad)
-                else:
-                    checked.append(k)
-            good = checked
-        if empties and len(ks) > len(empties):
-            problems.extend(
-                Problem(image_id, f"empty predicted row next to {len(ks) - len(empties)} instance row(s)", f"row {r}")
-                for r in row_numbers[empties].tolist()
-            )
-        elif len(empties) > 1:
-            problems.append(
-                Problem(image_id, f"{len(empties)} empty rows (one is enough)", f"rows {row_numbers[empties].tolist()}")
-            )
-        if len(good) > 1:
-            problems.extend(_overlap_problems(image_id, row_numbers[good], [rles[k] for k in good], shape))
+                checked.append(k)
+        good = checked
+    numbers = np.asarray(empties, np.int64) + 1
+    if empties and len(rows) > len(empties):
+        problems.extend(
+            Problem(image_id, f"empty predicted row next to {len(rows) - len(empties)} instance row(s)", f"row {r}")
+            for r in numbers.tolist()
+        )
+    elif len(empties) > 1:
+        problems.append(Problem(image_id, f"{len(empties)} empty rows (one is enough)", f"rows {numbers.tolist()}"))
+    if len(good) > 1:
+        problems.extend(_overlap_problems(image_id, np.asarray(good) + 1, [rles[k] for k in good], shape))
+    return problems
 
-    if sample is not None:
-        sample_df = read_csv_columns(sample, ("id",), "pass the competition's sample_submission.csv as --sample")
-        expected = sample_df["id"].str.strip().tolist()
-        for image_id in expected:
-            if image_id not in by_id:
-                problems.append(Problem(image_id, "id of the sample submission missing", f"sample {sample}"))
-        expected_set = set(expected)
-        for image_id, ks in by_id.items():
-            if image_id not in expected_set:
-                problems.append(Problem(image_id, "id not in the sample submission", f"row {row_numbers[ks[0]]}"))
+
+def _sample_problems(sample: str | Path, by_id: dict[str, list[int]]) -> list[Problem]:
+    """Ids of the sample submission missing from the submission, and ids it does not list."""
+    sample_df = read_csv_columns(sample, ("id",), "pass the competition's sample_submission.csv as --sample")
+    expected = sample_df["id"].str.strip().tolist()
+    problems = [
+        Problem(image_id, "id of the sample submission missing", f"sample {sample}")
+        for image_id in expected
+        if image_id not in by_id
+    ]
+    expected_set = set(expected)
+    for image_id, rows in by_id.items():
+        if image_id not in expected_set:
+            problems.append(Problem(image_id, "id not in the sample submission", f"row {rows[0] + 1}"))
     return problems
