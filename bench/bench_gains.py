@@ -245,8 +245,9 @@ def _instance_methods(
 
     Seconds per image: the shared model pass plus that method's fusion, over the images.
     """
-    from kernel_lib.evaluate import compact, read_truth, score_instances
+    from kernel_lib.evaluate import compact, score_instances
     from kernel_lib.pipeline import fuse_outputs
+    from kernel_lib.truth import read_truth
 
     truth = read_truth(truth_csv, ids=outputs)
     out = []

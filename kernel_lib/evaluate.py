@@ -28,7 +28,7 @@ import json
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,61 +45,12 @@ from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_
 from kernel_lib.model_folder import file_digest, fold_of, folder_digest, read_meta
 from kernel_lib.outputs import atomic_output
 from kernel_lib.soft import SoftInstances
-from kernel_lib.tables import read_csv
-from kernel_lib.truth import AnnotationProblem, describe_dropped, truth_images
+from kernel_lib.truth import Truth, read_truth, truth_notes
 
 CACHE_VERSION = 1
 """Bumped when the cache file layout or what goes into a key changes."""
 MANIFEST = "manifest.json"
 """The cache folder's index of the last evaluation."""
-
-
-# --------------------------------------------------------------------------- truth
-
-
-@dataclass(frozen=True, eq=False)
-class Truth:
-    """One annotated image: its instances (may overlap), cell type name, and the rows of
-    the image that the truth policy left out (:mod:`kernel_lib.truth`)."""
-
-    masks: CropMasks
-    cell_type: str
-    dropped: tuple[AnnotationProblem, ...] = ()
-
-
-def read_truth(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, Truth]:
-    """Annotations of train.csv (``id,annotation,...,cell_type``), per image, under the
-    truth policy training and scoring apply too (:mod:`kernel_lib.truth`): empty,
-    malformed, out-of-frame rows, rows of another size or cell type and duplicated rows
-    (the same pixels as an earlier row of the image) are left out, each reported in its
-    image's ``Truth.dropped`` (:func:`truth_notes` says them in a line).
-
-    Args:
-        path: the competition's train.csv (row-major RLE).
-        ids: only these images (None: all).
-
-    Returns:
-        id -> :class:`Truth`, in file order of first appearance; an image whose rows are
-        all left out has no instance.
-
-    Raises:
-        ValueError: missing file or columns.
-    """
-    path = Path(path)
-    df = read_csv(path, "pass the competition's train.csv", what="truth file")
-    missing = {"id", "annotation", "cell_type"} - set(df.columns)
-    if missing:
-        raise ValueError(
-            f"truth file {path}: missing column(s) {sorted(missing)}; expected train.csv's id,annotation,cell_type"
-        )
-    images = truth_images(df, ids=ids, shape=None)
-    return {i: Truth(t.masks(), t.cell_type, t.dropped) for i, t in images.items()}
-
-
-def truth_notes(truth: Mapping[str, Truth], source: str | Path) -> list[str]:
-    """A note naming the truth rows left out (none: no note)."""
-    line = describe_dropped((p for t in truth.values() for p in t.dropped), str(source))
-    return [line] if line else []
 
 
 # --------------------------------------------------------------------------- models
@@ -269,7 +220,7 @@ class CacheEntry:
     fold: int | None
 
 
-def read_manifest(cache_dir: str | Path) -> tuple[list[CacheEntry], Config]:
+def read_cache_manifest(cache_dir: str | Path) -> tuple[list[CacheEntry], Config]:
     """The images of the last evaluation in ``cache_dir`` and the config it used.
 
     Raises:
@@ -432,7 +383,7 @@ def evaluate(
             CacheEntry(i, cache / f"{i}.npz", keys[i], tuple(m.name for m in assigned[i]), folds[i] if folds else None)
             for i in assigned
         ]
-        write_manifest(cache, entries, config)
+        write_cache_manifest(cache, entries, config)
 
     report, scores, _ = score_instances(instances, truth, config.postprocess, progress)
     return Evaluation(
@@ -525,7 +476,7 @@ def _predict_group(
     return out
 
 
-def write_manifest(cache_dir: str | Path, entries: Sequence[CacheEntry], config: Config) -> Path:
+def write_cache_manifest(cache_dir: str | Path, entries: Sequence[CacheEntry], config: Config) -> Path:
     """Write ``cache_dir/manifest.json``: the evaluated images (entries' files relative
     to ``cache_dir``) and the config used. Returns its path."""
     cache_dir = Path(cache_dir)
@@ -551,7 +502,7 @@ def evaluate_cache(
     Returns:
         ``(evaluation, predictions)`` with id -> final masks.
     """
-    entries, used = read_manifest(cache_dir)
+    entries, used = read_cache_manifest(cache_dir)
     config = config or used
     instances = load_cached(entries)
     truth = read_truth(truth_csv, ids=instances)

@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from kernel_lib.config import CELL_TYPES
-from kernel_lib.evaluate import Evaluation, Truth
+from kernel_lib.evaluate import Evaluation
 from kernel_lib.images import read_image
 from kernel_lib.masks import CropMasks
 from kernel_lib.outputs import atomic_output
+from kernel_lib.truth import Truth
 from kernel_lib.visualize import side_by_side
 
 _STYLE = """

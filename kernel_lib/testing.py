@@ -200,7 +200,8 @@ def write_synthetic_cache(
     Returns:
         the cached ids.
     """
-    from kernel_lib.evaluate import CacheEntry, read_truth, save_instances, write_manifest
+    from kernel_lib.evaluate import CacheEntry, save_instances, write_cache_manifest
+    from kernel_lib.truth import read_truth
 
     truth = read_truth(truth_csv, ids=ids)
     cache_dir = Path(cache_dir)
@@ -210,7 +211,7 @@ def write_synthetic_cache(
         path = cache_dir / f"{image_id}.npz"
         save_instances(path, soft_from_masks(masks, scores, classes), key="synthetic")
         entries.append(CacheEntry(image_id, path, "synthetic", ("synthetic",), None))
-    write_manifest(cache_dir, entries, config or Config())
+    write_cache_manifest(cache_dir, entries, config or Config())
     return [e.id for e in entries]
 
 

@@ -1,7 +1,7 @@
 """train.csv's annotations, checked row by row under one policy (numpy + pandas only).
 
-Training (:func:`kernel_lib.data.load_dataset_dicts`), evaluation
-(:func:`kernel_lib.evaluate.read_truth`) and scoring
+Training (:func:`kernel_lib.training.datasets.load_dataset_dicts`), evaluation
+(:func:`read_truth` -> :class:`Truth` per image) and scoring
 (:func:`kernel_lib.metric.score_submission`) all read the truth through
 :func:`check_image_rows`, so that the same rows are the truth everywhere: training's
 held-out score and ``evaluate``'s score agree on the same instances.
@@ -29,8 +29,9 @@ predictions as false positives); training leaves such an image out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ import pandas as pd
 from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE
 from kernel_lib.masks import CropMasks
 from kernel_lib.rle import crops_from_indices, rle_problems, rle_to_indices, runs_to_indices, scan_runs
+from kernel_lib.tables import read_csv
 
 IMAGE_ROW = -1
 """``AnnotationProblem.row`` of a problem about a whole image rather than one row."""
@@ -268,3 +270,48 @@ def describe_dropped(problems: Iterable[AnnotationProblem], source: str, shown: 
     first = "; ".join(str(p) for p in problems[:shown])
     more = f"; ... ({len(problems) - shown} more)" if len(problems) > shown else ""
     return f"{source}: {len(problems)} truth row(s) left out (kernel_lib.truth's policy): {first}{more}"
+
+
+@dataclass(frozen=True, eq=False)
+class Truth:
+    """One annotated image: its instances (may overlap), cell type name, and the rows of
+    the image that the truth policy left out (:mod:`kernel_lib.truth`)."""
+
+    masks: CropMasks
+    cell_type: str
+    dropped: tuple[AnnotationProblem, ...] = ()
+
+
+def read_truth(path: str | Path, ids: Iterable[str] | None = None) -> dict[str, Truth]:
+    """Annotations of train.csv (``id,annotation,...,cell_type``), per image, under the
+    truth policy training and scoring apply too (:mod:`kernel_lib.truth`): empty,
+    malformed, out-of-frame rows, rows of another size or cell type and duplicated rows
+    (the same pixels as an earlier row of the image) are left out, each reported in its
+    image's ``Truth.dropped`` (:func:`truth_notes` says them in a line).
+
+    Args:
+        path: the competition's train.csv (row-major RLE).
+        ids: only these images (None: all).
+
+    Returns:
+        id -> :class:`Truth`, in file order of first appearance; an image whose rows are
+        all left out has no instance.
+
+    Raises:
+        ValueError: missing file or columns.
+    """
+    path = Path(path)
+    df = read_csv(path, "pass the competition's train.csv", what="truth file")
+    missing = {"id", "annotation", "cell_type"} - set(df.columns)
+    if missing:
+        raise ValueError(
+            f"truth file {path}: missing column(s) {sorted(missing)}; expected train.csv's id,annotation,cell_type"
+        )
+    images = truth_images(df, ids=ids, shape=None)
+    return {i: Truth(t.masks(), t.cell_type, t.dropped) for i, t in images.items()}
+
+
+def truth_notes(truth: Mapping[str, Truth], source: str | Path) -> list[str]:
+    """A note naming the truth rows left out (none: no note)."""
+    line = describe_dropped((p for t in truth.values() for p in t.dropped), str(source))
+    return [line] if line else []

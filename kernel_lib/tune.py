@@ -734,9 +734,10 @@ def images_from_cache(
     """
     from tqdm.auto import tqdm
 
-    from kernel_lib.evaluate import load_cached, read_manifest, read_truth
+    from kernel_lib.evaluate import load_cached, read_cache_manifest
+    from kernel_lib.truth import read_truth
 
-    entries, used = read_manifest(cache_dir)
+    entries, used = read_cache_manifest(cache_dir)
     instances = load_cached(entries)
     truth = read_truth(truth_csv, ids=instances)
     absent = [i for i in instances if i not in truth]

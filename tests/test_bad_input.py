@@ -7,9 +7,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -18,22 +20,23 @@ import pandas as pd
 import pytest
 
 from kernel_lib.__main__ import main
-from kernel_lib.config import Config, PostprocessConfig
+from kernel_lib.config import CONFIG_ENV, TUNED_CONFIG, Config, PostprocessConfig, config_for_models, load_config
 from kernel_lib.evaluate import (
     CacheEntry,
     evaluate,
     load_cached,
     load_instances,
     save_instances,
-    write_manifest,
+    write_cache_manifest,
 )
-from kernel_lib.folds import make_folds, write_folds
+from kernel_lib.folds import make_folds, read_folds, write_folds
 from kernel_lib.images import list_images, read_image
 from kernel_lib.metric import score_submission
 from kernel_lib.outputs import atomic_output, check_output
 from kernel_lib.report import write_report
 from kernel_lib.soft import SoftInstances
 from kernel_lib.submission import validate_submission, write_submission
+from kernel_lib.tables import read_csv
 
 GOOD = "id,predicted\na,1 2\nb,\n"
 """A valid two-image submission (a 520x704 frame): what must survive a failed write."""
@@ -103,7 +106,9 @@ def test_folds_config_report_and_manifest_are_replaced_only_when_complete(
     folds_csv = write_folds(folds, tmp_path / "folds.csv")
     config_json = tmp_path / "best.json"
     Config().to_json(config_json)
-    manifest = write_manifest(tmp_path / "cache", [CacheEntry("a", tmp_path / "cache" / "a.npz", "k", (), 0)], Config())
+    manifest = write_cache_manifest(
+        tmp_path / "cache", [CacheEntry("a", tmp_path / "cache" / "a.npz", "k", (), 0)], Config()
+    )
     report = tmp_path / "report.html"
     report.write_text("<html>old</html>")
     before = {p: p.read_bytes() for p in (folds_csv, config_json, manifest, report)}
@@ -125,7 +130,7 @@ def test_folds_config_report_and_manifest_are_replaced_only_when_complete(
     with pytest.raises(ValueError, match=r"best\.json"):
         Config(postprocess=PostprocessConfig(mask_threshold=0.4)).to_json(config_json)
     with pytest.raises(ValueError, match=r"manifest\.json"):
-        write_manifest(tmp_path / "cache", [], Config())
+        write_cache_manifest(tmp_path / "cache", [], Config())
     with pytest.raises(ValueError, match=r"report\.html"):
         write_report(report, "<html>new</html>")
     monkeypatch.undo()
@@ -586,7 +591,7 @@ def filled_cache(tmp_path: Path, data_dir: Path) -> Path:
     cache = tmp_path / "cache"
     image_id = "5d066f4c3eef"
     save_instances(cache / f"{image_id}.npz", _instances(), "k")
-    write_manifest(cache, [CacheEntry(image_id, cache / f"{image_id}.npz", "k", ("fold0",), 0)], Config())
+    write_cache_manifest(cache, [CacheEntry(image_id, cache / f"{image_id}.npz", "k", ("fold0",), 0)], Config())
     return cache
 
 
@@ -707,7 +712,7 @@ def test_predict_names_an_image_that_is_a_broken_link(
 def test_tune_refuses_a_cache_without_images(truth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue 21.8: tune on a manifest of no image wrote a config."""
     cache = tmp_path / "cache"
-    write_manifest(cache, [], Config())
+    write_cache_manifest(cache, [], Config())
     out = tmp_path / "best.json"
     _refused(capsys, ["tune", "--truth", str(truth), "--cache", str(cache), "--out", str(out)], "lists no image")
     assert not out.exists()
@@ -760,3 +765,272 @@ def test_a_csv_input_that_is_not_a_file_is_named_for_what_it_is(
     _refused(capsys, ["validate", str(path)], f"{path} is {words}, not a CSV file")
     _refused(capsys, ["score", "--truth", str(path), "--pred", str(path)], f"{path} is {words}")
     _refused(capsys, ["folds", "--truth", str(path), "--out", str(tmp_path / "f.csv")], f"--truth {path} is {words}")
+
+
+# ------------------------------------------- issue 21, items 5, 7, 9-11: images, configs, CSVs, folds
+
+
+def _deny(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``path`` unreadable: ``chmod 000``, and where that does not stop this user
+    (root reads anything) the read itself fails as it would (``Path.read_bytes`` and
+    ``Path.iterdir`` on that path raise PermissionError)."""
+    path.chmod(0)
+    if not os.access(path, os.R_OK):
+        return
+    denied = PermissionError(errno.EACCES, "Permission denied", str(path))
+    read_bytes, iterdir = Path.read_bytes, Path.iterdir
+
+    def no_read(self: Path) -> bytes:
+        if self == path:
+            raise denied
+        return read_bytes(self)
+
+    def no_list(self: Path) -> Iterator[Path]:
+        if self == path:
+            raise denied
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "read_bytes", no_read)
+    monkeypatch.setattr(Path, "iterdir", no_list)
+
+
+def test_a_16_bit_copy_of_an_image_reads_as_the_image(data_dir: Path, tmp_path: Path) -> None:
+    """Issue 21.7: the 16-bit copy (x257) of a test image gave another submission (380
+    vs 367 instances): each image was min-max stretched. Now scaled by the bit depth."""
+    for source in sorted((data_dir / "test").glob("*.png")):
+        eight = read_image(source)
+        assert (eight.min(), eight.max()) != (0, 255)  # a stretch would change it
+        copy = tmp_path / "16" / source.name
+        copy.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(copy), eight.astype(np.uint16) * 257)
+        assert cv2.imread(str(copy), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+        np.testing.assert_array_equal(read_image(copy), eight)
+        colour = tmp_path / "16c" / source.name  # a 16-bit BGR copy: scaled first, then made grey
+        colour.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(colour), np.repeat(eight[:, :, None], 3, axis=2).astype(np.uint16) * 257)
+        np.testing.assert_array_equal(read_image(colour), eight)
+    assert [p.stem for p in list_images(tmp_path / "16")] == [p.stem for p in list_images(data_dir / "test")]
+
+
+def test_images_of_signed_or_float_pixels_are_refused(tmp_path: Path) -> None:
+    """No scale is known for them (they were min-max stretched, each its own way)."""
+    path = tmp_path / "f.tiff"
+    cv2.imwrite(str(path), np.full((520, 704), 0.5, np.float32))
+    with pytest.raises(ValueError, match=r"image .*f\.tiff holds float32 pixels; only 8-bit and 16-bit unsigned"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop", "folder", "fifo"])
+def test_list_images_names_an_image_name_that_is_not_an_image_file(
+    kind: str, truth: Path, fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 8 of issue 21 in the library: such an entry was skipped without a word by
+    ``list_images`` (evaluate, pseudo and training lost its id); predict checked itself."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("e9edcd9483e4.png", "b50a98297c83.png"):
+        (images / name).symlink_to(data_dir / "train" / name)
+    bad = images / "0000aaaa.png"
+    if kind == "dangling":
+        bad.symlink_to(tmp_path / "gone.png")
+    elif kind == "loop":
+        bad.symlink_to(bad)
+    elif kind == "folder":
+        bad.mkdir()
+    else:
+        os.mkfifo(bad)
+    words = {
+        "dangling": "a symbolic link to nothing",
+        "loop": "a symbolic link loop",
+        "folder": "a folder",
+        "fifo": "a FIFO (named pipe)",
+    }[kind]
+    with pytest.raises(ValueError, match=rf"0000aaaa\.png \({re.escape(words)}\).*their ids would be left out"):
+        list_images(images)
+    before = _snapshot(tmp_path)
+    args = ["evaluate", "--truth", str(truth), "--images", str(images), "--models", str(fold_models), "--no-cache"]
+    _refused(capsys, args, f"image folder {images}", f"0000aaaa.png ({words})")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n", b"not a png at all"])
+def test_an_empty_or_headerless_png_is_refused_before_the_models_load(
+    content: bytes, fold_models: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.9/21.11: a zero-byte or headerless PNG was found only when read, after the
+    models loaded, and called "not a valid PNG"; now list_images decodes a file whose
+    header it cannot read, and says what the file is."""
+    test_dir = tmp_path / "test"
+    _png(test_dir / "good.png")
+    (test_dir / "bad.png").write_bytes(content)
+    what = "is empty (0 bytes)" if not content else f"could not be decoded as an image (a .png file of {len(content)}"
+    with pytest.raises(ValueError, match=re.escape(f"{test_dir / 'bad.png'} {what}")):
+        list_images(test_dir)
+    out = tmp_path / "s.csv"
+    args = ["predict", "--test-dir", str(test_dir), "--models", str(fold_models), "--out", str(out)]
+    line = _refused(capsys, args, f"image {test_dir / 'bad.png'} {what}")
+    assert "valid PNG" not in line and not out.exists()
+
+
+def test_an_unreadable_image_says_so_not_that_it_is_invalid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21.11: an image without read permission was called "not a valid PNG"."""
+    path = _png(tmp_path / "a.png")
+    _deny(path, monkeypatch)
+    with pytest.raises(ValueError, match=r"a\.png: cannot read it \(Permission denied\); make it readable"):
+        read_image(path)
+    tif = tmp_path / "b.tif"
+    tif.write_bytes(b"II*\x00 not really a TIFF")
+    with pytest.raises(ValueError, match=r"b\.tif could not be decoded as an image \(a \.tif file of 22 bytes"):
+        read_image(tif)
+
+
+def test_an_unreadable_image_folder_is_one_error(
+    fold_models: Path, truth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.10: an unreadable test folder ended in a PermissionError traceback."""
+    images = tmp_path / "images"
+    _png(images / "a.png")
+    _deny(images, monkeypatch)
+    with pytest.raises(ValueError, match=r"image folder .*images: cannot list it \(Permission denied\)"):
+        list_images(images)
+    args = ["evaluate", "--truth", str(truth), "--images", str(images), "--models", str(fold_models), "--no-cache"]
+    _refused(capsys, args, f"image folder {images}: cannot list it (Permission denied)")
+    images.chmod(0o755)
+
+
+def _config_args(kind: str, config: Path, fold_models: Path, data_dir: Path, tmp_path: Path) -> list[str]:
+    if kind == "predict":
+        return ["predict", "--test-dir", str(data_dir / "test"), "--models", str(fold_models),
+                "--out", str(tmp_path / "s.csv"), "--config", str(config)]  # fmt: skip
+    return ["tune", "--truth", str(data_dir / "train.csv"), "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "best.json"), "--config", str(config)]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["predict", "tune"])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"ensemble": {"scales": []}}', "ensemble.scales: expected at least one scale"),
+        ('{"ensemble": {"tta": ["identity", "hflip", "identity"]}}', "ensemble.tta: 'identity' is listed more"),
+        ('{"ensemble": {"scales": [1.0, 0.75, 1]}}', "ensemble.scales: 1 is listed more than once"),
+        ('{"ensemble": {"method": "wmf"}, "ensemble": {"method": "vote"}}', "key 'ensemble' appears twice"),
+        ('{"postprocess": {"mask_threshold": 0.4, "mask_threshold": 0.6}}', "key 'mask_threshold' appears twice"),
+        (b'{"ensemble": {"method": "wmf"}, "note": "caf\xe9"}', "is not UTF-8 text (byte 44)"),
+        ("[" * 100_000, "JSON nested too deeply"),
+        ('{"postprocess": {"mask_threshold": ' + "[" * 900 + "]" * 900 + "}}", "postprocess.mask_threshold: expected"),
+    ],
+    ids=["no-scale", "tta-twice", "scale-twice", "section-twice", "key-twice", "latin-1", "deep", "deep-value"],
+)
+def test_a_config_that_would_fail_late_or_with_a_traceback_is_refused_when_read(
+    command: str,
+    text: str | bytes,
+    says: str,
+    fold_models: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21.9/21.10 (config parts) and 21.8's duplicated keys: `"scales": []` was an
+    IndexError after the models loaded, a duplicated view an error naming no file, a key
+    given twice taken silently (the last won), a Latin-1 config a UnicodeDecodeError and
+    deep nesting a RecursionError; each is now one line naming the file (and the field)."""
+    config = tmp_path / "c.json"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError) as caught:
+        load_config(config)
+    assert str(config) in str(caught.value) and says in str(caught.value) and len(str(caught.value)) < 400
+    before = _snapshot(tmp_path)
+    _refused(capsys, _config_args(command, config, fold_models, data_dir, tmp_path), str(config), says)
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_unreadable_config_is_one_error(
+    fold_models: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21.10: a --config without read permission ended in a PermissionError traceback."""
+    config = tmp_path / "c.json"
+    Config().to_json(config)
+    _deny(config, monkeypatch)
+    says = f"config file {config}: cannot read it (Permission denied); fix it or omit --config"
+    for command in ("predict", "tune"):
+        _refused(capsys, _config_args(command, config, fold_models, data_dir, tmp_path), says)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "dangling"])
+def test_a_config_named_by_the_environment_or_beside_the_models_is_named_for_what_it_is(
+    kind: str, fold_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 (config_for_models): a FIFO, folder or device named by KERNEL_LIB_CONFIG
+    was said not to exist; a FIFO or broken link as best_config.json beside the models was
+    passed over silently (the defaults used instead of the tuned config). None is opened."""
+    if kind == "folder":
+        path, words = tmp_path / "cfg", "a folder"
+        path.mkdir()
+    elif kind == "dangling":
+        path, words = tmp_path / "cfg", "a symbolic link to nothing"
+        path.symlink_to(tmp_path / "gone.json")
+    else:
+        path = _special(tmp_path, kind)
+        words = {"fifo": "a FIFO (named pipe)", "device": "a character device"}[kind]
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    with pytest.raises(ValueError, match=re.escape(f"{path} (named by {CONFIG_ENV}) is {words}, not a file")):
+        config_for_models(fold_models)
+    monkeypatch.delenv(CONFIG_ENV)
+    if kind == "folder":  # a folder named best_config.json is no config: the defaults
+        return
+    beside = fold_models / TUNED_CONFIG
+    if kind == "dangling":
+        beside.symlink_to(path)
+    else:
+        os.rename(path, beside)
+    with pytest.raises(ValueError, match=re.escape(f"{beside} (beside the models) is {words}, not a file")):
+        config_for_models(fold_models)
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "zero"])
+def test_read_csv_names_what_is_not_a_file_without_opening_it(kind: str, tmp_path: Path) -> None:
+    """Issue 21.11 in the library: tables.read_csv (make_folds(path), read_folds,
+    evaluate.read_truth) called a folder, a FIFO or /dev/zero "does not exist"; the commands
+    checked first, library callers did not."""
+    if kind == "zero":
+        path, words = Path("/dev/zero"), "a character device"
+    elif kind == "folder":
+        path, words = tmp_path, "a folder"
+    else:
+        path, words = _special(tmp_path, "fifo"), "a FIFO (named pipe)"
+    with pytest.raises(ValueError, match=re.escape(f"train csv {path} is {words}, not a CSV file")):
+        make_folds(path)
+    with pytest.raises(ValueError, match=re.escape(f"folds file {path} is {words}, not a CSV file")):
+        read_folds(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is {words}, not a CSV file; fix")):
+        read_csv(path, "fix")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("--seed", "-1", "--seed: expected a whole number >= 0, got -1"), ("--n-folds", "1", "--n-folds: expected at")],
+)
+def test_folds_options_out_of_range_are_one_error(
+    option: str, value: str, says: str, truth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.10: `folds --seed -1` ended in numpy's ValueError, shown as a bug."""
+    out = tmp_path / "folds.csv"
+    _refused(capsys, ["folds", "--truth", str(truth), "--out", str(out), option, value], says)
+    assert not out.exists()
+
+
+@pytest.mark.xfail(
+    reason="predict.py (not this section's owner): one line, config = config.with_inference(**overrides)",
+    strict=False,
+)
+def test_predict_batch_size_0_is_reported_under_its_option(
+    fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 21.11: `--batch-size 0` was reported as `batch_size` (the config field)."""
+    args = ["predict", "--test-dir", str(data_dir / "test"), "--models", str(fold_models),
+            "--out", str(tmp_path / "s.csv"), "--batch-size", "0"]  # fmt: skip
+    _refused(capsys, args, "--batch-size: expected a value in [1, 64], got 0")

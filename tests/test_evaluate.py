@@ -21,13 +21,13 @@ from kernel_lib.evaluate import (
     evaluate_cache,
     load_instances,
     model_infos,
-    read_manifest,
-    read_truth,
+    read_cache_manifest,
     save_instances,
-    write_manifest,
+    write_cache_manifest,
 )
 from kernel_lib.folds import make_folds, write_folds
 from kernel_lib.soft import SoftInstances
+from kernel_lib.truth import read_truth
 
 # one image per cell type: shsy5y, astro, cort
 IDS = ("5d066f4c3eef", "caa06f9a4057", "ea362f1a9844")
@@ -89,7 +89,7 @@ def test_cached_evaluation_equals_fresh(
     assert set(predictions) == set(IDS)
 
     # the manifest: out-of-fold models per image
-    entries, used = read_manifest(cache)
+    entries, used = read_cache_manifest(cache)
     assert used.ensemble == FAST.ensemble
     folds = dict(zip(*np.loadtxt(setup["folds"], delimiter=",", skiprows=1, usecols=(0, 2), dtype=str).T))
     for e in entries:
@@ -182,9 +182,9 @@ def test_instances_round_trip(tmp_path: Path) -> None:
 
 def test_manifest_and_truth_errors(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(ValueError, match="fill the cache first"):
-        read_manifest(tmp_path)
-    write_manifest(tmp_path, [CacheEntry("a", tmp_path / "a.npz", "k", ("fold0",), 0)], Config())
-    entries, config = read_manifest(tmp_path)
+        read_cache_manifest(tmp_path)
+    write_cache_manifest(tmp_path, [CacheEntry("a", tmp_path / "a.npz", "k", ("fold0",), 0)], Config())
+    entries, config = read_cache_manifest(tmp_path)
     assert entries[0].file == tmp_path / "a.npz" and config == Config()
     with pytest.raises(ValueError, match="missing or stale"):
         evaluate_cache(data_dir / "train.csv", tmp_path)

@@ -14,6 +14,7 @@ PUBLIC = {
     "InferenceConfig": "kernel_lib.config",
     "PostprocessConfig": "kernel_lib.config",
     "load_config": "kernel_lib.config",
+    "config_for_models": "kernel_lib.config",
     # the inference pipeline
     "InferenceResult": "kernel_lib.pipeline",
     "finalize": "kernel_lib.pipeline",
@@ -49,9 +50,9 @@ def test_training_tuning_and_evaluation_are_reached_through_their_modules() -> N
     for name in ("train_fold", "tune_postprocess", "read_truth", "evaluate_cache", "make_folds", "IMAGE_SHAPE"):
         assert not hasattr(kernel_lib, name), name
     code = (
-        "import kernel_lib, kernel_lib.postprocess, kernel_lib.tune, kernel_lib.evaluate\n"
+        "import kernel_lib, kernel_lib.postprocess, kernel_lib.tune, kernel_lib.truth\n"
         "print(type(kernel_lib.postprocess).__name__, kernel_lib.tune.tune_postprocess.__module__,"
-        " callable(kernel_lib.evaluate.read_truth))"
+        " callable(kernel_lib.truth.read_truth))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["module", "kernel_lib.tune", "True"]

@@ -12,9 +12,10 @@ import pytest
 
 from kernel_lib.__main__ import main
 from kernel_lib.config import CELL_TYPES
-from kernel_lib.evaluate import evaluate_cache, read_truth
+from kernel_lib.evaluate import evaluate_cache
 from kernel_lib.report import render_html, write_report
 from kernel_lib.testing import write_synthetic_cache
+from kernel_lib.truth import read_truth
 
 
 @pytest.fixture(scope="module")

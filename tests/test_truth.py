@@ -14,11 +14,11 @@ import pytest
 
 from kernel_lib.__main__ import main
 from kernel_lib.config import CELL_TYPES, IMAGE_SHAPE, Config, PostprocessConfig
-from kernel_lib.evaluate import read_truth, score_instances, truth_notes
+from kernel_lib.evaluate import score_instances
 from kernel_lib.metric import score_submission
 from kernel_lib.rle import rle_problems, rle_to_indices
 from kernel_lib.soft import SoftInstances
-from kernel_lib.truth import AnnotationProblem, _as_int, check_image_rows, truth_images
+from kernel_lib.truth import AnnotationProblem, _as_int, check_image_rows, read_truth, truth_images, truth_notes
 
 H, W = 4, 6  # a tiny frame: pixel (y, x) has 1-indexed row-major start y * 6 + x + 1
 

@@ -21,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kernel_lib.config import load_config
-    from kernel_lib.evaluate import MANIFEST, evaluate_cache, read_truth
+    from kernel_lib.evaluate import MANIFEST, evaluate_cache
     from kernel_lib.outputs import check_input_file, check_output, file_kind, note_output
     from kernel_lib.report import render_html, write_report
+    from kernel_lib.truth import read_truth
 
     if args.config is not None:
         check_input_file(args.config, "--config", "pass a JSON config (written by `tune` or `Config.to_json`)")

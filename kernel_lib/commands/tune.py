@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kernel_lib.config import load_config
-from kernel_lib.evaluate import MANIFEST, read_manifest
+from kernel_lib.evaluate import MANIFEST, read_cache_manifest
 from kernel_lib.outputs import atomic_output, check_input_file, check_output, note_output
 from kernel_lib.tune import InstanceTable, Setting, images_from_cache, tune_postprocess
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.history is not None:
         note_output(check_output(args.history, {**inputs, "--out": args.out}, flag="--history"))
 
-    entries, used = read_manifest(args.cache)
+    entries, used = read_cache_manifest(args.cache)
     if not entries:
         raise ValueError(
             f"{cache / MANIFEST} lists no image: nothing to tune on; fill the cache with "

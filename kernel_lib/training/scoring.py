@@ -50,8 +50,9 @@ def score_models(models_dir: str | Path, data: TrainingData, config: Config | No
             left out as problems are not part of the truth.
         config: pipeline config; defaults to :class:`kernel_lib.config.Config`.
     """
-    from kernel_lib.evaluate import Truth, score_instances
+    from kernel_lib.evaluate import score_instances
     from kernel_lib.pipeline import load_models, predict_instances
+    from kernel_lib.truth import Truth
 
     config = config or Config()
     start = time.perf_counter()
