@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,6 +67,15 @@ def _check_range(name: str, value: float, lo: float, hi: float) -> None:
 
 _HINTS: dict[type, dict[str, Any]] = {}
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 80, 80
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` for messages, shortened: a deeply nested or long value (a JSON
+    list nested 900 deep) is cut, never a RecursionError or a page of brackets."""
+    return _REPR.repr(value)
+
 
 def _describe(hint: Any) -> str:
     """A type annotation in words, for messages."""
@@ -100,7 +110,7 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
     numbers, lists tuples); raises ValueError naming ``name``, the value and the type."""
 
     def wrong() -> ValueError:
-        return ValueError(f"{name}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+        return ValueError(f"{name}: expected {_describe(hint)}, got {_short_repr(value)} ({type(value).__name__})")
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
@@ -259,8 +269,17 @@ class EnsembleConfig:
         for name in self.tta:
             if name not in TTA_NAMES:
                 raise ValueError(f"tta: expected names from {TTA_NAMES}, got {name!r}")
+        if not self.scales:
+            raise ValueError("scales: expected at least one scale, e.g. (1.0,), got none")
         for scale in self.scales:
             _check_range("scales", scale, 0.5, 2.0)
+        for name in ("tta", "scales"):
+            values = getattr(self, name)
+            twice = [v for k, v in enumerate(values) if v in values[:k]]
+            if twice:
+                raise ValueError(
+                    f"{name}: {twice[0]!r} is listed more than once in {list(values)}; each runs once, so list it once"
+                )
         for name in ("box_nms_iou", "cluster_iou"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
@@ -310,6 +329,16 @@ class InferenceConfig:
         budget = self.time_budget_s
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
             raise ValueError(f"time_budget_s: expected a positive number of seconds or null, got {budget!r}")
+
+
+INFERENCE_OPTIONS: dict[str, str] = {
+    "device": "--device",
+    "half": "--no-half",
+    "batch_size": "--batch-size",
+    "num_workers": "--workers",
+}
+"""The command-line option (``predict``, ``pseudo``) that sets each :class:`InferenceConfig`
+field, for :meth:`Config.with_inference`'s messages."""
 
 
 @dataclass(frozen=True)
@@ -362,21 +391,54 @@ class Config:
         """A copy with whole sections replaced, e.g. ``cfg.replace(postprocess=pp)``."""
         return dataclasses.replace(self, **sections)
 
+    def with_inference(self, **overrides: Any) -> Config:
+        """A copy with ``inference`` fields replaced by command-line options, e.g.
+        ``cfg.with_inference(batch_size=args.batch_size)``; a bad value is an error
+        naming the option that gave it (:data:`INFERENCE_OPTIONS`: ``--batch-size``,
+        not the field ``batch_size`` the user never typed).
+
+        Raises:
+            ValueError: ``<option>: expected ..., got <value>``.
+        """
+        for name, value in overrides.items():
+            try:
+                dataclasses.replace(self.inference, **{name: value})
+            except ValueError as err:
+                text = str(err)
+                flag = INFERENCE_OPTIONS.get(name, f"inference.{name}")
+                raise ValueError(f"{flag}{text[len(name) :] if text.startswith(name) else f': {text}'}") from None
+        return self.replace(inference=dataclasses.replace(self.inference, **overrides))
+
 
 def load_config(path: str | Path | None) -> Config:
     """Read a JSON config file (sections may be partial); ``None`` gives the defaults.
 
+    The file is read strictly (:func:`read_json`): UTF-8, no key given twice (the last
+    would win silently), nesting errors caught. A path that is not a regular file (a
+    folder, a FIFO, a device, a broken link) is named for what it is and never opened.
+
     Raises:
-        ValueError: the file is missing, not JSON, or has unknown keys or bad values;
-            the message names the file and the key.
+        ValueError: the file is missing, not a regular file, unreadable, not UTF-8, not
+            JSON, has a duplicated key, unknown keys or bad values; the message names the
+            file and the key.
     """
     if path is None:
         return Config()
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist; pass a JSON file written by `tune` or omit --config")
+    _check_config_file(path, "", "pass a JSON file written by `tune` or omit --config")
     data = read_json_object(path, f"config file {path}", "fix it or omit --config")
     return Config.from_dict(data, source=str(path))
+
+
+def _check_config_file(path: Path, named_by: str, fix: str) -> None:
+    """Refuse a config path that is not a regular file (never opened: a FIFO would block)."""
+    from kernel_lib.outputs import file_kind
+
+    kind = file_kind(path)
+    if kind is None:
+        return
+    what = "does not exist" if kind == "missing" else f"is {kind}, not a file"
+    raise ValueError(f"config file {path}{named_by} {what}; {fix}")
 
 
 CONFIG_ENV = "KERNEL_LIB_CONFIG"
@@ -391,7 +453,8 @@ def config_for_models(models_dir: str | Path, path: str | Path | None = None) ->
 
     The first of: ``path`` when given; else the file named by the environment variable
     ``KERNEL_LIB_CONFIG`` (:data:`CONFIG_ENV`) when it is set and not empty; else
-    ``models_dir/best_config.json`` (:data:`TUNED_CONFIG`) when that is a file; else the
+    ``models_dir/best_config.json`` (:data:`TUNED_CONFIG`) when it is there and not a
+    folder (a FIFO, a device or a broken link of that name is an error); else the
     library defaults. The inference notebook and ``python -m kernel_lib predict``
     (without ``--config``) both choose this way, so that the same models give the same
     submission.
@@ -405,27 +468,82 @@ def config_for_models(models_dir: str | Path, path: str | Path | None = None) ->
 
     Raises:
         ValueError: the chosen file is missing, not JSON, or has unknown keys or bad
-            values (as :func:`load_config`); a missing file named by the environment
-            variable says so.
+            values (as :func:`load_config`); a file named by the environment variable
+            that is missing, a folder, a FIFO or a device says so (and is not opened),
+            as does a ``best_config.json`` beside the models that is neither a regular
+            file nor a folder.
     """
+    from kernel_lib.outputs import file_kind
+
     if path is None:
         named = os.environ.get(CONFIG_ENV, "")
+        tuned = Path(models_dir) / TUNED_CONFIG
         if named:
             path = Path(named)
-            if not path.is_file():
-                raise ValueError(
-                    f"config file {path} (named by {CONFIG_ENV}) does not exist; point {CONFIG_ENV} at a JSON "
-                    f"file written by `tune` or unset it"
-                )
-        elif (Path(models_dir) / TUNED_CONFIG).is_file():
-            path = Path(models_dir) / TUNED_CONFIG
+            _check_config_file(
+                path, f" (named by {CONFIG_ENV})", f"point {CONFIG_ENV} at a JSON file written by `tune` or unset it"
+            )
+        elif file_kind(tuned) not in ("missing", "a folder"):  # a folder of that name is no config
+            path = tuned
+            _check_config_file(
+                path, " (beside the models)", "make it the JSON file `tune` writes, or remove it to use the defaults"
+            )
     if path is None:
         return Config(), None
     return load_config(path), Path(path)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"key {key!r} appears twice")
+        seen[key] = value
+    return seen
+
+
+def read_json(path: str | Path, fix: str = "", name: str | None = None, allow_nan: bool = False) -> Any:
+    """The JSON in ``path``, strictly: UTF-8, no duplicated key (the last would win
+    silently), no NaN or Infinity unless ``allow_nan``; a nesting too deep for the
+    parser and an unreadable file are errors, not tracebacks. The one JSON reader of
+    configs, ``models.json``/``meta.json`` (:func:`read_json_object`) and kaggle-push's
+    metadata and notebook.
+
+    Args:
+        path: the file (a regular file: callers check what it is first).
+        fix: what the user should do, appended to the messages ("" for nothing).
+        name: how messages name the file (default: the path).
+        allow_nan: accept ``NaN``/``Infinity`` (files this library wrote with
+            ``json.dumps`` may hold them).
+
+    Raises:
+        ValueError: naming the file, what is wrong and ``fix``.
+    """
+    name = str(path) if name is None else name
+    tail = f"; {fix}" if fix else ""
+
+    def no_constant(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+        if allow_nan:
+            return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=no_constant)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name} is not UTF-8 text (byte {err.start}){tail}") from None
+    except RecursionError:
+        raise ValueError(f"{name}: JSON nested too deeply{tail}") from None
+    except ValueError as err:  # JSONDecodeError, a duplicated key, NaN
+        raise ValueError(f"{name} is not valid JSON ({err}){tail}") from None
+    except OSError as err:
+        raise ValueError(f"{name}: cannot read it ({err.strerror or err}){tail}") from None
+
+
 def read_json_object(path: str | Path, name: str, fix: str = "") -> dict[str, Any]:
-    """Parse a JSON file that must hold one object (configs, meta.json, models.json).
+    """Parse a JSON file that must hold one object (configs, meta.json, models.json),
+    strictly as :func:`read_json` (NaN allowed: the types checks refuse it where a
+    number must be finite).
 
     Args:
         path: the file (it exists).
@@ -433,13 +551,11 @@ def read_json_object(path: str | Path, name: str, fix: str = "") -> dict[str, An
         fix: what the user should do, appended to the messages ("" for nothing).
 
     Raises:
-        ValueError: not valid JSON, or not an object; the message names the file.
+        ValueError: unreadable, not UTF-8, not valid JSON, a key given twice, too deeply
+            nested, or not an object; the message names the file.
     """
     tail = f"; {fix}" if fix else ""
-    try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{name} is not valid JSON ({err}){tail}") from None
+    data = read_json(path, fix, name=name, allow_nan=True)
     if not isinstance(data, dict):
         raise ValueError(f"{name}: expected a JSON object, got {type(data).__name__}{tail}")
     return data

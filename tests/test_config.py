@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,56 @@ def test_predict_without_config_takes_the_models_config(
     assert main([*args, "--out", str(tmp_path / "s.csv")]) == 2
     assert f"config file {tuned} is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_with_inference_names_the_option_not_the_field() -> None:
+    """Issue 21.11: `predict --batch-size 0` was reported as `batch_size`."""
+    cfg = Config().with_inference(batch_size=2, num_workers=0)
+    assert (cfg.inference.batch_size, cfg.inference.num_workers, cfg.ensemble) == (2, 0, Config().ensemble)
+    assert Config().with_inference() == Config()
+    for field, flag, value in (("batch_size", "--batch-size", 0), ("num_workers", "--workers", 33)):
+        with pytest.raises(ValueError, match=rf"^{flag}: expected a value in \[\d+, \d+\], got {value}$"):
+            Config().with_inference(**{field: value})
+    with pytest.raises(ValueError, match=r"^--device: expected one of auto, cpu, cuda, got .gpu."):
+        Config().with_inference(device="gpu")
+    with pytest.raises(ValueError, match=r"^inference\.time_budget_s: expected a positive number"):
+        Config().with_inference(time_budget_s=-1)
+
+
+def test_ensemble_views_and_scales_are_each_listed_once() -> None:
+    """Issue 21.9: `"scales": []` was an IndexError after the models loaded; a view or
+    scale listed twice an error naming no file (a "bug" traceback with workers)."""
+    from kernel_lib.config import EnsembleConfig
+
+    with pytest.raises(ValueError, match=r"scales: expected at least one scale"):
+        EnsembleConfig(scales=())
+    with pytest.raises(ValueError, match=r"tta: 'hflip' is listed more than once in \['hflip', 'vflip', 'hflip'\]"):
+        EnsembleConfig(tta=("hflip", "vflip", "hflip"))
+    with pytest.raises(ValueError, match=r"scales: 1\.0 is listed more than once"):
+        EnsembleConfig(scales=(1.0, 1.0))
+    assert EnsembleConfig(tta=("identity", "hflip", "vflip"), scales=(1.0, 0.75, 1.25)).scales == (1.0, 0.75, 1.25)
+
+
+def test_read_json_is_strict_and_names_the_file(tmp_path: Path) -> None:
+    """The one JSON reader (configs, models.json/meta.json, kaggle-push's files): a key
+    given twice at any depth, non-UTF-8 text, deep nesting and NaN (unless allowed) are
+    errors naming the file, never a silent last-wins or a traceback."""
+    from kernel_lib.config import read_json, read_json_object
+
+    path = tmp_path / "x.json"
+    cases = {
+        b'{"a": {"b": 1, "b": 2}}': "x.json is not valid JSON (key 'b' appears twice); fix",
+        b'{"a": "\xff"}': "x.json is not UTF-8 text (byte 7); fix",
+        b"[" * 50_000: "x.json: JSON nested too deeply; fix",
+        b'{"a": NaN}': "x.json is not valid JSON (NaN is not JSON); fix",
+    }
+    for data, says in cases.items():
+        path.write_bytes(data)
+        with pytest.raises(ValueError, match=re.escape(says)):
+            read_json(path, "fix")
+    path.write_bytes(b'{"a": NaN, "b": [1, 2]}')
+    assert read_json(path, allow_nan=True)["b"] == [1, 2]
+    assert read_json_object(path, "meta.json of fold0")["b"] == [1, 2]  # what this library writes may hold NaN
+    path.write_bytes(b'{"a": 1, "a": 1}')
+    with pytest.raises(ValueError, match=r"^meta\.json of fold0 is not valid JSON \(key 'a' appears twice\)$"):
+        read_json_object(path, "meta.json of fold0")

@@ -34,8 +34,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from kernel_lib.config import read_json
 from kernel_lib.outputs import atomic_output, check_input_file, file_kind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -167,38 +167,6 @@ def check_work(work: Path, inputs: dict[str, Path]) -> None:
             f"--work {work} exists and was not made by kaggle-push (no {WORK_MARKER} file in it), so it is not "
             f"rewritten; {fix}, or move that folder away yourself"
         )
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"key {key!r} appears twice")
-        seen[key] = value
-    return seen
-
-
-def read_json(path: Path, fix: str) -> Any:
-    """The JSON in ``path``, strictly: UTF-8, no duplicated key (the last would win
-    silently), no NaN.
-
-    Raises:
-        ValueError: naming the file, what is wrong and ``fix``.
-    """
-
-    def no_constant(name: str) -> None:
-        raise ValueError(f"{name} is not JSON")
-
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=no_constant)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); {fix}") from None
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply; {fix}") from None
-    except ValueError as err:  # JSONDecodeError, a duplicated key, NaN
-        raise ValueError(f"{path} is not valid JSON ({err}); {fix}") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read it ({err.strerror or err}); {fix}") from None
 
 
 def dataset_metadata(folder: Path, dataset_id: str, title: str) -> dict[str, object]:
