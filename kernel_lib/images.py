@@ -1,11 +1,15 @@
 """Image loading and normalisation, shared by inference and training.
 
-Competition images are 704x520 8-bit grey PNGs. Models see them as (H, W, 3) uint8
-BGR (detectron2's default ``INPUT.FORMAT``), the grey channel repeated; the model's
-own PIXEL_MEAN/PIXEL_STD does the rest. A fold trained with per-image normalisation
-(:func:`normalize_image`, recorded in its meta.json) sees every image, in training and
-at inference, shifted and scaled to one mean and spread first. Training reads images
-through the same functions so that both sides see identical pixels.
+Competition images are 704x520 8-bit grey PNGs. A 16-bit image is read at its bit
+depth, exactly: each value ``v`` becomes ``(v + 128) // 257``, the nearest 8-bit level,
+so the 16-bit copy of an 8-bit image (every value times 257) reads back identical; an
+image of signed or floating-point pixels is refused (:func:`to_uint8`). A colour image
+becomes grey (OpenCV's BGR -> grey weights) after that scaling. Models see images as
+(H, W, 3) uint8 BGR (detectron2's default ``INPUT.FORMAT``), the grey channel repeated;
+the model's own PIXEL_MEAN/PIXEL_STD does the rest. A fold trained with per-image
+normalisation (:func:`normalize_image`, recorded in its meta.json) sees every image, in
+training and at inference, shifted and scaled to one mean and spread first. Training
+reads images through the same functions so that both sides see identical pixels.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import cv2
 import numpy as np
 
 from kernel_lib.config import IMAGE_SHAPE, NORMALIZATIONS
+from kernel_lib.outputs import file_kind
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -49,7 +54,12 @@ def shape_problem(path: str | Path, shape: tuple[int, ...], expected: tuple[int,
 
 def _header_shape(path: Path) -> tuple[int, int] | None:
     """(H, W) from the file's header without decoding the pixels; None when Pillow is
-    missing or cannot tell (then :func:`read_image` decides)."""
+    missing. A header Pillow cannot read is decoded in full by :func:`read_image`
+    (OpenCV reads some files Pillow does not), which raises when it cannot either.
+
+    Raises:
+        ValueError: the file cannot be read or decoded (see :func:`read_image`).
+    """
     try:
         from PIL import Image
     except ImportError:
@@ -57,30 +67,58 @@ def _header_shape(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except Exception:  # any unreadable header: read_image reports it when decoding
-        return None
+    except Exception:  # any unreadable header: read_image decides, and says why
+        return read_image(path, shape=None).shape[:2]
     return int(height), int(width)
+
+
+def _image_names(folder: Path) -> list[Path]:
+    """Every entry of ``folder`` named like an image (by suffix, not hidden), whatever it is.
+
+    Raises:
+        ValueError: the folder cannot be listed (permission).
+    """
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise ValueError(
+            f"image folder {folder}: cannot list it ({err.strerror or err}); make it readable or pass another folder"
+        ) from None
+    return [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
 
 
 def list_images(folder: str | Path, shape: tuple[int, int] | None = IMAGE_SHAPE) -> list[Path]:
     """Image files of ``folder`` (not recursive, hidden files skipped), sorted by name;
     the id is the stem.
 
+    Every entry named like an image (``*.png``, ...) must be a readable image file: a
+    folder named ``x.png``, a dangling or looping link, a FIFO or a device under such a
+    name is an error naming it (skipping it would leave its id out without a word).
+
     Args:
         folder: the image folder.
         shape: the (H, W) frame every image must have, checked from the file headers
-            before any model runs; None: not checked.
+            before any model runs (a file whose header cannot be read is decoded, and one
+            that cannot be decoded is an error); None: not checked.
 
     Raises:
-        ValueError: the folder does not exist or holds no image, two files share an id
-            (``x.png`` and ``x.jpg``), or an image is not of ``shape``; the message names
-            the files.
+        ValueError: the folder does not exist, is not a folder, cannot be listed or
+            holds no image; an image name is not an image file; two files share an id
+            (``x.png`` and ``x.jpg``); an image cannot be read or decoded, or is not of
+            ``shape``; the message names the files.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.exists() else "does not exist"
+    kind = file_kind(folder)
+    if kind != "a folder":
+        what = {None: "is a file, not a folder", "missing": "does not exist"}.get(kind, f"is {kind}, not a folder")
         raise ValueError(f"image folder {folder} {what}; pass the folder that holds the <id>.png files")
-    paths = sorted(p for p in folder.iterdir() if is_image_file(p))
+    paths = _image_names(folder)
+    broken = [f"{p.name} ({k})" for p, k in ((p, file_kind(p)) for p in paths) if k is not None]
+    if broken:
+        raise ValueError(
+            f"image folder {folder}: {len(broken)} image name(s) that are not readable image files: "
+            f"{', '.join(broken[:3])}; their ids would be left out: fix or remove them"
+        )
     if not paths:
         raise ValueError(f"image folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} file")
     by_id: dict[str, list[Path]] = {}
@@ -105,31 +143,71 @@ def list_images(folder: str | Path, shape: tuple[int, int] | None = IMAGE_SHAPE)
     return paths
 
 
+def to_uint8(image: np.ndarray, path: str | Path = "image") -> np.ndarray:
+    """Pixels of any channel count as uint8, scaled by their bit depth, exactly.
+
+    uint8 is returned as it is; uint16 ``v`` becomes ``(v + 128) // 257``, the nearest
+    8-bit level (``257 * x`` gives back ``x``; 65535 gives 255). No per-image stretch:
+    an image reads the same whatever else is in it.
+
+    Raises:
+        ValueError: signed or floating-point pixels (their range is not known from the
+            type), naming ``path``.
+    """
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise ValueError(
+        f"image {path} holds {image.dtype} pixels; only 8-bit and 16-bit unsigned images are read "
+        "(no scale is known for other types): save it as an 8-bit grey PNG"
+    )
+
+
 def read_image(path: str | Path, shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
-    """Read one image as (H, W) uint8 grey.
+    """Read one image as (H, W) uint8 grey: 8-bit as it is, 16-bit scaled exactly by
+    its bit depth (:func:`to_uint8`), colour made grey after that.
 
     Args:
         path: the image file.
         shape: the (H, W) frame it must have (the competition's by default); None: any.
 
     Raises:
-        ValueError: the file is missing, not a readable image, or not of ``shape``
-            (naming the file, its shape and the expected one).
+        ValueError: the file is missing or not a regular file, cannot be read (e.g.
+            permission), is empty, cannot be decoded as an image, holds signed or
+            floating-point pixels, or is not of ``shape`` (naming the file, its shape and
+            the expected one).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"image {path} does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    kind = file_kind(path)
+    if kind is not None:
+        raise ValueError(f"image {path} {'does not exist' if kind == 'missing' else f'is {kind}, not an image file'}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"image {path}: cannot read it ({err.strerror or err}); make it readable") from None
+    if not data:
+        raise ValueError(f"image {path} is empty (0 bytes); replace it with the image or leave it out")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV refusing the buffer outright: the same answer as an undecodable one
+        image = None
     if image is None:
-        raise ValueError(f"image {path} could not be decoded; is it a valid PNG?")
+        suffix = path.suffix or "(no suffix)"
+        raise ValueError(
+            f"image {path} could not be decoded as an image (a {suffix} file of {len(data)} bytes: damaged, "
+            f"truncated or not really {suffix}); replace it or leave it out"
+        )
     if shape is not None:
         problem = shape_problem(path, image.shape, shape)
         if problem:
             raise ValueError(problem)
+    image = to_uint8(image, path)
     if image.ndim == 3:
-        image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        if image.shape[2] >= 3:
+            image = cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_BGR2GRAY)
+        else:  # grey (+ alpha)
+            image = np.ascontiguousarray(image[..., 0])
     return image
 
 

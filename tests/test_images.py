@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernel_lib.images import list_images, normalize_image, read_image, to_model_input
+from kernel_lib.images import list_images, normalize_image, read_image, to_model_input, to_uint8
 
 
 def test_real_test_images(data_dir: Path) -> None:
@@ -61,3 +61,20 @@ def test_normalisation_errors() -> None:
         normalize_image(np.zeros((2, 2), np.uint8), "zscore")
     with pytest.raises(ValueError, match=r"expected a \(H, W\) grey image, got shape \(2, 2, 3\)"):
         normalize_image(np.zeros((2, 2, 3), np.uint8), "per_image")
+
+
+def test_16_bit_pixels_map_to_the_nearest_8_bit_level_exactly() -> None:
+    """Issue 21.7: every uint16 value goes to round(v / 257) (ties cannot occur: 257 is
+    odd), so 257 * x gives back x; nothing depends on the rest of the image."""
+    values = np.arange(65536, dtype=np.uint16)
+    out = to_uint8(values)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.rint(values / 257.0).astype(np.uint8))
+    levels = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(to_uint8(levels.astype(np.uint16) * 257), levels)
+    np.testing.assert_array_equal(to_uint8(np.array([1000, 1001], np.uint16)), [4, 4])  # no stretch to 0..255
+    same = np.array([[3, 250]], np.uint8)
+    assert to_uint8(same) is same
+    for dtype in (np.int16, np.int32, np.float32, np.float64):
+        with pytest.raises(ValueError, match=rf"image x\.tif holds {np.dtype(dtype).name} pixels"):
+            to_uint8(np.zeros((2, 2), dtype), "x.tif")
