@@ -12,11 +12,15 @@ from kernel_lib.outputs import check_input_file, check_output, note_output
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truth", required=True, help="train.csv (id, annotation, ..., cell_type)")
     parser.add_argument("--out", required=True, help="folds CSV to write (id,cell_type,fold)")
-    parser.add_argument("--n-folds", type=int, default=5, help="number of folds (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    parser.add_argument("--n-folds", type=int, default=5, help="number of folds, >= 2 (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed, a whole number >= 0 (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seed < 0:  # numpy's generator refuses it, after the truth was read
+        raise ValueError(f"--seed: expected a whole number >= 0, got {args.seed}; pass e.g. --seed 0")
+    if args.n_folds < 2:
+        raise ValueError(f"--n-folds: expected at least 2 folds, got {args.n_folds}; pass e.g. --n-folds 5")
     check_input_file(args.truth, "--truth", "pass the competition's train.csv")
     note_output(check_output(args.out, {"--truth": args.truth}))
     folds = make_folds(args.truth, n_folds=args.n_folds, seed=args.seed)
