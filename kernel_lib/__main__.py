@@ -8,15 +8,20 @@ Bad input ends with one ``error: ...`` line naming the file and the fix (exit 2)
 never a traceback: the library raises ``ValueError`` with such a message for what the
 user can fix. A ``ValueError`` raised outside kernel_lib (numpy, torch, ... called with
 something the library failed to check) is a bug, not a user error: it is shown with
-its traceback and exit status 1.
+its traceback and exit status 1. A ``PermissionError`` (a file or folder the user may
+not read or write) is one ``error:`` line too. Warnings that torch, detectron2 and fvcore
+print about their own code, which the user cannot act on, are silenced
+(:func:`quiet_library_warnings`), so an error after model loading is not buried.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -33,6 +38,33 @@ COMMANDS: dict[str, str] = {
     "pseudo": "pseudo-label unlabelled images with the ensemble, as train.csv rows to train on",
     "kaggle-push": "upload the bundle and model datasets, push the notebook, optionally wait and submit",
 }
+
+
+LIBRARY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (FutureWarning, r"`torch\.jit\.script` is deprecated"),  # detectron2's and fvcore's own scripted helpers
+    (UserWarning, r"torch\.meshgrid: in an upcoming release, it will be required to pass the indexing argument"),
+    (UserWarning, r"pkg_resources is deprecated as an API"),  # detectron2.model_zoo imports it
+)
+"""(category, message pattern) of the warnings :func:`quiet_library_warnings` silences:
+each is about a library's own code, printed on every run, and nothing the user can change."""
+
+FX_TRACING_LOGGER = "torch.fx._symbolic_trace"
+FX_TRACING_MESSAGE = "is_fx_tracing will return true for both"
+"""torch logs this (not a warning) once detectron2 asks whether it is being traced."""
+
+
+def _not_fx_tracing_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(FX_TRACING_MESSAGE)
+
+
+def quiet_library_warnings() -> None:
+    """Silence :data:`LIBRARY_WARNINGS` and torch's fx-tracing log line, by category and
+    message only (every other warning still shows); idempotent."""
+    for category, pattern in LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    logger = logging.getLogger(FX_TRACING_LOGGER)
+    if _not_fx_tracing_notice not in logger.filters:
+        logger.addFilter(_not_fx_tracing_notice)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -72,11 +104,20 @@ def _command_of(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    quiet_library_warnings()
     args = build_parser(only=_command_of(argv)).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except (FileNotFoundError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"error: permission denied on{where} ({err.strerror or err}); make it readable (or writable, for an "
+            "output) or pass another path",
+            file=sys.stderr,
+        )
         return 2
     except ValueError as err:
         if not raised_by_kernel_lib(err):

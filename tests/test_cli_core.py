@@ -137,9 +137,77 @@ def test_every_command_module_imports() -> None:
         "folds": ["--truth", "t.csv", "--out", "f.csv"],
         "report": ["--truth", "t.csv"],
         "train": ["--data", "D", "--folds", "f.csv", "--fold", "0", "--out", "M"],
+        "pseudo": ["--images", "I", "--models", "M"],
         "kaggle-push": ["--models", "M", "--user", "u"],
     }
     assert set(required) == set(COMMANDS)
     for name in COMMANDS:
         args = build_parser(only=name).parse_args([name, *required[name]])
         assert callable(args._run), name
+
+
+LIBRARY_NOISE = (
+    "`torch.jit.script` is deprecated",
+    "torch.meshgrid: in an upcoming release",
+    "pkg_resources is deprecated",
+    "is_fx_tracing will return true",
+)
+
+
+def test_library_warnings_the_user_cannot_act_on_are_silenced() -> None:
+    """Issue 21.11: every error after model loading came after ~6 lines of torch,
+    detectron2 and fvcore warnings about their own code. The same imports and calls
+    model loading makes, in a fresh process: silent after quiet_library_warnings, while
+    any other warning still shows."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, warnings\n"
+        "if sys.argv[1] == 'quiet':\n"
+        "    from kernel_lib.__main__ import quiet_library_warnings\n"
+        "    quiet_library_warnings()\n"
+        "import detectron2.model_zoo, detectron2.modeling, torch, torch.fx._symbolic_trace as fx\n"
+        "torch.meshgrid(torch.arange(2), torch.arange(2))\n"
+        "fx.is_fx_tracing()\n"
+        "warnings.warn('a warning of ours', UserWarning)\n"
+    )
+    runs = {}
+    for mode in ("loud", "quiet"):
+        done = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        runs[mode] = done.stderr
+    heard = [text for text in LIBRARY_NOISE if text in runs["loud"]]
+    if not heard:
+        pytest.skip("these library versions print none of the warnings")
+    assert [text for text in LIBRARY_NOISE if text in runs["quiet"]] == [], runs["quiet"]
+    assert "a warning of ours" in runs["quiet"]
+
+
+def test_main_silences_library_warnings_and_names_a_permission_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """main() silences them before any command runs; a PermissionError from anywhere
+    (a file the user may not read or write) is one error line, exit 2, no traceback."""
+    import errno
+    import warnings
+
+    import kernel_lib.commands.validate as validate
+
+    def denied(args: object) -> int:
+        warnings.warn(
+            "`torch.jit.script` is deprecated. Please switch to `torch.compile`.", FutureWarning, stacklevel=2
+        )
+        warnings.warn("a warning of ours", UserWarning, stacklevel=2)
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "s.csv"))
+
+    monkeypatch.setattr(validate, "run", denied)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["validate", str(tmp_path / "s.csv")]) == 2
+    assert [str(w.message) for w in shown] == ["a warning of ours"]
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: permission denied on {tmp_path / 's.csv'} (Permission denied); make it readable (or writable, "
+        "for an output) or pass another path"
+    ]
