@@ -33,7 +33,6 @@ runpy.run_path(str(found[0]))["main"]()
 
 # %%
 # 2. Parameters: edit the dataset folder names to match yours.
-import dataclasses
 import os
 from pathlib import Path
 
@@ -63,7 +62,7 @@ OVERLAY_DIR = KAGGLE_WORKING / "overlays"
 # one, else the library's defaults (CONFIG_JSON None). A JSON may set only some fields.
 config, CONFIG_JSON = config_for_models(MODELS_DIR)
 if config.inference.time_budget_s is None and TIME_BUDGET_S is not None:
-    config = config.replace(inference=dataclasses.replace(config.inference, time_budget_s=float(TIME_BUDGET_S)))
+    config = config.with_inference(time_budget_s=float(TIME_BUDGET_S))
 print(f"models: {MODELS_DIR}\ntest images: {TEST_DIR}\nconfig: {CONFIG_JSON or 'defaults'}")
 config
 
