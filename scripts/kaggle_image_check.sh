@@ -10,7 +10,7 @@
 #              index: torch 2.10 (PyPI's CUDA 12.8 build, ~3.5 GB download, ~7 GB installed),
 #              numpy, pandas, opencv, ipykernel... as Kaggle's image has them, each line saying
 #              where its version comes from. No detectron2, fvcore, iopath (Kaggle has none).
-#              Reused on a rerun while the pins and the interpreter are unchanged.
+#              Kept by --keep-image for a rerun (same pins and interpreter), less what the notebook installed.
 # 2. bundle:   build_dataset.py stages the dataset the notebook installs from.
 # 3. tree:     a /kaggle tree in the layout of CLI-pushed notebooks under WORK/kaggle:
 #              input/competitions/sartorius-cell-instance-segmentation/ (the 3 shipped test images),
@@ -109,7 +109,20 @@ VENV=$WORK/image
 stamp=$VENV/.image-stamp
 want_stamp=$( (cat "$PINS"; "$BASE_PYTHON" -c 'import sys; print(sys.version)'; echo "$BASE_PYTHON") | sha256sum | cut -d' ' -f1)
 t_image=$(date +%s)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] && [ -x "$VENV/bin/python" ]; then
+baseline=$VENV/.image-freeze  # `pip freeze --all` of the image as built
+freeze_image() { "$VENV/bin/python" -m pip freeze --all --disable-pip-version-check; }
+restore_image() {  # a kept image is the image again: what an earlier notebook run installed into it goes
+  local added
+  [ -f "$baseline" ] || return 1
+  added=$(comm -13 <(sed 's/[=@ ].*//' "$baseline" | sort) <(freeze_image | sed 's/[=@ ].*//' | sort)) || return 1
+  if [ -n "$added" ]; then
+    echo "uninstalling what an earlier notebook run installed into the kept image: $(echo $added)"
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip uninstall --yes --quiet --disable-pip-version-check $added || return 1
+  fi
+  [ "$(freeze_image)" = "$(cat "$baseline")" ]  # anything else changed: build it again
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] && [ -x "$VENV/bin/python" ] && restore_image; then
   echo "reusing the image venv $VENV (same pins, same interpreter)"
   IMAGE_REUSED=1
 else
@@ -119,6 +132,7 @@ else
   echo "installing $(grep -cE '^[A-Za-z0-9]' "$PINS") pins from the package index into $VENV (torch alone is GBs)..."
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$PINS" \
     2> >(grep -v "is neither a file nor a directory" >&2)
+  freeze_image > "$baseline"
   echo "$want_stamp" > "$stamp"
 fi
 IMAGE_SECONDS=$(elapsed "$t_image")
