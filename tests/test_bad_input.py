@@ -1023,10 +1023,6 @@ def test_folds_options_out_of_range_are_one_error(
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    reason="predict.py (not this section's owner): one line, config = config.with_inference(**overrides)",
-    strict=False,
-)
 def test_predict_batch_size_0_is_reported_under_its_option(
     fold_models: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,7 +11,6 @@ else ``best_config.json`` in the models folder, else the built-in defaults.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_half:
         overrides["half"] = False
     if overrides:
-        config = config.replace(inference=dataclasses.replace(config.inference, **overrides))
+        config = config.with_inference(**overrides)
     result = run_inference(
         args.test_dir, args.models, args.out, config, sample_csv=args.sample, progress=not args.quiet
     )

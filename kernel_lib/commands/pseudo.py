@@ -11,7 +11,6 @@ the config is the one ``predict`` takes for the same models.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from kernel_lib.kaggle import cli_path
 
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = {"--images": args.images, "--models": args.models, "config": config_file}
     note_output(check_output(args.out, inputs))
     if args.device is not None:
-        config = config.replace(inference=dataclasses.replace(config.inference, device=args.device))
+        config = config.with_inference(device=args.device)
     frame, images = pseudo_label(
         paths, args.models, config, args.min_score, args.min_image_score, progress=not args.quiet
     )
