@@ -264,11 +264,11 @@ def _run_problems(starts1: np.ndarray, lengths: np.ndarray, shape: tuple[int, in
     i = np.flatnonzero(lengths < 1)
     if i.size:
         problems.append(f"run {i[0] + 1}: length {lengths[i[0]]} < 1")
-    i = np.flatnonzero(starts1 + lengths - 1 > size)
+    i = np.flatnonzero(starts1 > size + 1 - lengths)
     if i.size:
         k = i[0]
         problems.append(
-            f"run {k + 1}: {starts1[k]} {lengths[k]} ends at pixel {starts1[k] + lengths[k] - 1} "
+            f"run {k + 1}: {starts1[k]} {lengths[k]} ends at pixel {int(starts1[k]) + int(lengths[k]) - 1} "
             f"beyond the {shape[0]}x{shape[1]} frame ({size} pixels)"
         )
     if starts1.size > 1:
@@ -333,7 +333,7 @@ def _parse_runs_one_by_one(rles: Sequence[str], shape: tuple[int, int]) -> tuple
     inst = np.repeat(np.arange(len(rles), dtype=np.int64), counts)
     # vectorised checks over all strings; detail from the per-string check
     size = shape[0] * shape[1]
-    bad = (starts1 < 1) | (lengths < 1) | (starts1 + lengths - 1 > size)
+    bad = (starts1 < 1) | (lengths < 1) | (starts1 > size + 1 - lengths)
     if starts1.size > 1:
         same = inst[1:] == inst[:-1]
         bad[1:] |= same & (starts1[1:] < starts1[:-1] + lengths[:-1])
@@ -420,7 +420,7 @@ def scan_runs(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> tupl
     starts1, lengths = values[0::2], values[1::2]
     inst = token_of[0::2]
     size = shape[0] * shape[1]
-    bad = (starts1 < 1) | (lengths < 1) | (starts1 + lengths - 1 > size)
+    bad = (starts1 < 1) | (lengths < 1) | (starts1 > size + 1 - lengths)
     # with lengths >= 1, "inside or before the previous run" is both unsorted and overlapping
     bad[1:] |= (inst[1:] == inst[:-1]) & (starts1[1:] < starts1[:-1] + lengths[:-1])
     if bad.any():

@@ -12,6 +12,7 @@ import pytest
 from kernel_lib.masks import CropMasks
 from kernel_lib.rle import (
     _parse_runs_one_by_one,
+    _run_problems,
     parse_runs,
     rle_decode,
     rle_decode_crops,
@@ -267,3 +268,15 @@ def test_scan_runs_on_the_real_pack(mini_dir: Path) -> None:
     assert ok.all()
     for got, want in zip((inst, starts, lengths), _parse_runs_one_by_one(rles, (520, 704))):
         np.testing.assert_array_equal(got, want)
+
+
+def test_runs_past_int64_are_refused_not_wrapped_around() -> None:
+    """start + length past 2**63 wrapped to a negative end, so the run passed the frame
+    check and scoring indexed far outside the image."""
+    huge = "9223372036854775000 9000"  # 19 digits: the token path, where the sum wrapped
+    assert rle_problems(huge, (520, 704)) == ["number 9223372036854775000... too large for a 520x704 frame"]
+    with pytest.raises(ValueError, match=r"RLE 1: run 1: 9223372036854775000 9000 ends at pixel 9223372036854783999 "):
+        parse_runs(["1 2", huge], (520, 704))
+    # the run check itself, on values that fit int64 but whose end does not
+    starts, lengths = np.array([2**62, 1]), np.array([2**62 + 1, 1])
+    assert "beyond the 520x704 frame" in _run_problems(starts, lengths, (520, 704))[0]
