@@ -25,9 +25,16 @@ view, merged boxes per image (bundle), mask-head RoIs per image (both).
 Usage::
 
     .venv/bin/python bench/bench_inference.py [--images 4] [--folds 5] [--tta identity,hflip]
-        [--device auto|cpu|cuda] [--models DIR] [--min-size 800] [--json OUT]
+        [--device auto|cpu|cuda] [--models DIR] [--config FILE] [--data DIR] [--min-size 800] [--json OUT]
 
-On a GPU use more images (e.g. ``--images 40``); ``--no-half`` for float32.
+On a GPU use more images (e.g. ``--images 40``); ``--no-half`` for float32. ``--models
+models/r50-narrow --config models/r50-narrow/best_config.json`` times the shipped folds
+with their shipped pipeline (``--folds K``: the first K of them). ``--data DIR`` takes the
+images from ``DIR/train/`` (an annotated pack) or ``DIR`` itself and stops when it holds
+fewer than ``--images`` + 1 (the warm-up image); without it, the first of
+``../shared/data/sartorius-mini/train`` and ``tests/data`` (10 images) that exists.
+The baseline feeds every model the raw image (no per-image normalisation), so with the
+shipped folds its masks differ: it is there for its time.
 """
 
 from __future__ import annotations
@@ -72,17 +79,52 @@ def machine(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
-def pick_images(n: int) -> list[Path]:
-    """n 704x520 images: the larger pack's train images when present, else tests/data."""
-    candidates = []
-    for folder in (ROOT.parent / "shared" / "data" / "sartorius-mini" / "train", ROOT / "tests" / "data" / "train"):
-        if folder.is_dir():
-            candidates = list_images(folder)
-            break
-    candidates += list_images(ROOT / "tests" / "data" / "test")
+def pick_images(n: int, data: Path | None = None) -> list[Path]:
+    """n 704x520 images: from ``data`` (its ``train/`` when it has one, else the folder
+    itself), else the larger pack's train images when present, else tests/data.
+
+    Raises:
+        ValueError: fewer than n images there (nothing is padded or repeated).
+    """
+    if data is not None:
+        folder = data / "train" if (data / "train").is_dir() else data
+        if not folder.is_dir():
+            raise ValueError(f"--data {data}: not a folder")
+        candidates = list_images(folder)
+        where = str(folder)
+    else:
+        candidates = []
+        for folder in (ROOT.parent / "shared" / "data" / "sartorius-mini" / "train", ROOT / "tests" / "data" / "train"):
+            if folder.is_dir():
+                candidates = list_images(folder)
+                break
+        candidates += list_images(ROOT / "tests" / "data" / "test")
+        where = "../shared/data/sartorius-mini or tests/data (pass --data)"
     if len(candidates) < n:
-        raise ValueError(f"only {len(candidates)} images available, asked for {n}")
+        raise ValueError(f"only {len(candidates)} images in {where}, asked for {n} (--images + 1 warm-up)")
     return candidates[:n]
+
+
+def first_models(models_dir: Path, k: int | None, work: Path) -> Path:
+    """``models_dir`` itself, or (``k`` below its number of models) a folder of links to its
+    first ``k`` models with their models.json weights.
+
+    Raises:
+        ValueError: ``k`` above its number of models.
+    """
+    from kernel_lib.model_folder import read_manifest, write_manifest
+
+    listed = read_manifest(models_dir)
+    if k is None or k == len(listed):
+        return models_dir
+    if not 0 < k <= len(listed):
+        raise ValueError(f"--folds {k}: {models_dir} holds {len(listed)} models")
+    subset = work / "models_subset"
+    subset.mkdir()
+    for name, _ in listed[:k]:
+        (subset / name).symlink_to((models_dir / name).resolve(), target_is_directory=True)
+    write_manifest(subset, listed[:k], note=f"the first {k} of {models_dir}")
+    return subset
 
 
 # ------------------------------------------------------------------ baseline
@@ -177,10 +219,16 @@ def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--tta", default="identity,hflip")
+    parser.add_argument("--folds", type=int, default=None, help="demo folds to make (5), or the first K of --models")
+    parser.add_argument("--tta", default=None, help="views (default: the --config's, else identity,hflip)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--models", type=Path, help="model folder (default: random R50 demo folds in a temp dir)")
+    parser.add_argument(
+        "--config", type=Path, help="config JSON (its ensemble and post-processing; e.g. best_config.json)"
+    )
+    parser.add_argument(
+        "--data", type=Path, help="images: an annotated pack (its train/) or a folder of <id>.png (default: see above)"
+    )
     parser.add_argument("--min-size", type=int, default=800, help="MIN_SIZE_TEST of the demo folds")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
@@ -197,6 +245,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
+    from kernel_lib.config import load_config
     from kernel_lib.demo_models import make_demo_models
     from kernel_lib.model import EnsemblePredictor, predict, read_manifest, resolve_device
     from kernel_lib.pipeline import load_models, run_inference
@@ -207,37 +256,49 @@ def main() -> int:
         inference = dataclasses.replace(inference, batch_size=args.batch_size)
     if args.workers is not None:
         inference = dataclasses.replace(inference, num_workers=args.workers)
-    cfg = Config(ensemble=EnsembleConfig(tta=tuple(args.tta.split(","))), inference=inference)
+    loaded = load_config(args.config)
+    ensemble = loaded.ensemble if args.config else EnsembleConfig()
+    if args.tta or not args.config:
+        ensemble = dataclasses.replace(ensemble, tta=tuple((args.tta or "identity,hflip").split(",")))
+    cfg = Config(postprocess=loaded.postprocess, ensemble=ensemble, inference=inference)
     variants = {"bundle": cfg}
     if args.cpu_fp32 and not device.startswith("cuda"):
         variants["bundle_fp32"] = cfg.replace(inference=dataclasses.replace(inference, cpu_bf16=False))
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    images = pick_images(args.images + 1, args.data)
     models_dir = args.models
-    if models_dir is None:
+    if models_dir is not None:
+        models_dir = first_models(models_dir, args.folds, work)
+    else:
         models_dir = work / "models"
+        n_folds = 5 if args.folds is None else args.folds
         if args.agreeing:
             # folds that agree (as trained folds mostly do): copies of one random init
             (first,) = make_demo_models(models_dir, n_folds=1, arch="R50", seed=0, min_size_test=args.min_size)
-            for fold in range(1, args.folds):
+            for fold in range(1, n_folds):
                 shutil.copytree(first, models_dir / f"fold{fold}")
                 meta = json.loads((first / "meta.json").read_text())
                 (models_dir / f"fold{fold}" / "meta.json").write_text(json.dumps({**meta, "fold": fold}))
             (models_dir / "models.json").unlink()
         else:
-            make_demo_models(models_dir, n_folds=args.folds, arch="R50", seed=0, min_size_test=args.min_size)
+            make_demo_models(models_dir, n_folds=n_folds, arch="R50", seed=0, min_size_test=args.min_size)
     names = [name for name, _ in read_manifest(models_dir)]
-    images = pick_images(args.images + 1)
     warm, timed_images = images[:1], images[1:]
     test_dir = work / "test"
     test_dir.mkdir()
     for path in timed_images:
         (test_dir / path.name).symlink_to(path.resolve())
     n = len(timed_images)
+    assert n == args.images, (n, args.images)
     views = len(names) * len(cfg.ensemble.tta)
     report: dict[str, Any] = {
         "machine": machine(device),
         "folds": len(names),
+        "models": str(args.models) if args.models else None,
+        "config": str(args.config) if args.config else None,
+        "method": cfg.ensemble.method,
         "tta": list(cfg.ensemble.tta),
+        "data": str(args.data) if args.data else None,
         "images": n,
         "image_ids": [p.stem for p in timed_images],
         "min_size_test": args.min_size if args.models is None else "from the model configs",
@@ -268,12 +329,14 @@ def main() -> int:
         result, wall, cpu = timed(lambda v=variant, c=csv: run_inference(test_dir, models_dir, c, v, progress=False))
         seconds = wall - result.timings["load_models"]
         _, _, load_cpu = timed(lambda v=variant: load_models(models_dir, v))
+        assert result.n_images == n, (result.n_images, n)
         report[label] = {
             "images_per_s": n / seconds,
             "wall_s_per_image": seconds / n,
             "cpu_s_per_image": (cpu - load_cpu) / n,  # loading's CPU time, measured on its own, left out
-            "merged_boxes_per_image": float(np.mean(merged)),
-            "mask_head_rois_per_image": float(np.mean(merged)) * views,
+            # merged boxes: the roi method only (the instance-level methods merge after the models)
+            "merged_boxes_per_image": float(np.mean(merged)) if merged else None,
+            "mask_head_rois_per_image": float(np.mean(merged)) * views if merged else None,
             "instances_written": result.n_instances,
             "timings": result.timings,
             "load_average": [load_before, os.getloadavg()[0]],

@@ -13,22 +13,26 @@ the next one still runs):
    development venv), a throw-away venv sees its packages except those two, so the
    cell really installs.
 2. ``cuda_tests``: the tests marked ``gpu`` (they skip without CUDA).
-3. ``bench_inference``: ``bench/bench_inference.py`` (bundle with fp16 vs the public
-   DefaultPredictor loop; 5 folds x 2 views, 40 images on CUDA).
-4. ``memory``: peak GPU memory of ``run_inference`` (5 R50 folds x 2 views, fp16) per
-   batch size, and the largest batch size whose peak fits a 16 GB T4 (``T4_BUDGET_GIB``).
+3. ``bench_inference``: ``bench/bench_inference.py`` on the shipped folds
+   (``--models``, default ``models/r50-narrow``, with their ``best_config.json``: WMF,
+   identity + hflip) and 40 images of ``--data`` (bundle with fp16 vs the public
+   DefaultPredictor loop); the step fails unless all 40 (and the 5 folds) ran.
+4. ``memory``: peak GPU memory of ``run_inference`` (the same folds and config, fp16) per
+   batch size on images of ``--data`` (each batch size gets that many images, checked),
+   and the largest batch size whose peak fits a 16 GB T4 (``T4_BUDGET_GIB``).
 5. ``train``: ``python -m kernel_lib train --arch R50-narrow`` (from scratch) fold after
    fold while the next one is projected to fit before the deadline; each fold's
    ``model_final.pth`` (<= 12 MiB) is copied to ``$OUT/fold<K>_model_final.pth`` and its
    config.yaml and meta.json go into the results JSON.
 
-``--device cpu --quick`` runs the same steps at toy sizes (1 image, 1 fold, 2 training
-iterations) so that a CPU test covers the whole script. At most 8 files come back from
+``--device cpu --quick`` runs the same steps at toy sizes (1 image and the first shipped
+fold, identity view; 2 training iterations) so that a CPU test covers the whole script. At most 8 files come back from
 the GPU machine: the results JSON, the log and up to 6 fold weights.
 
 Usage::
 
     bash bench/gpu_check.sh --device cuda [--bundle build/kaggle-dataset] [--data gpu_data/sartorius-mini]
+        [--models models/r50-narrow]
     .venv/bin/python bench/gpu_check.py --device cpu --quick --out /tmp/gpu-check
 """
 
@@ -46,12 +50,16 @@ import tempfile
 import time
 import venv
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
+SHIPPED = ROOT / "models" / "r50-narrow"
+"""The fold models the check times (with their best_config.json) unless --models says otherwise."""
+BENCH_IMAGES = 40
+MEMORY_BATCHES = (1, 2, 4, 8, 16)
 BUNDLE_NAME = "sartorius-offline-bundle"
 HIDDEN = ("detectron2", "sal_detectron2", "kernel_lib", "__editable__")
 """site-packages entries the throw-away venv does not see (what the install cell installs)."""
@@ -74,6 +82,7 @@ class Check:
     bundle: Path
     data: Path
     deadline: float
+    models: Path = SHIPPED
     python: str = sys.executable
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -109,11 +118,10 @@ class Check:
 
 def install(check: Check) -> dict[str, Any]:
     """The notebook's install cell against the staged bundle, then imports from outside the checkout."""
-    wheels = check.bundle / "wheels"
-    for pattern in ("sal_detectron2-*.whl", "kernel_lib-*.whl"):
-        if not list(wheels.glob(pattern)):
+    for pattern in ("kernel_lib_bootstrap.py", "wheels/sal_detectron2-*.whl", "wheels/kernel_lib-*.whl"):
+        if not list(check.bundle.glob(pattern)):
             raise ValueError(
-                f"install: no {pattern} in {wheels}; run `.venv/bin/python build_dataset.py` first "
+                f"install: no {pattern} in {check.bundle}; run `.venv/bin/python build_dataset.py` first "
                 "(and carry build/kaggle-dataset to the GPU machine)"
             )
     kaggle_input = check.work / "input"
@@ -172,39 +180,69 @@ def cuda_tests(check: Check) -> dict[str, Any]:
     return {"files": files, "summary": out.strip().splitlines()[-1] if out.strip() else ""}
 
 
+def _pipeline_args(check: Check) -> list[str]:
+    """The models, their config (best_config.json beside them, when there) and the images."""
+    args = ["--models", str(check.models), "--data", str(check.data)]
+    if (check.models / "best_config.json").is_file():
+        args += ["--config", str(check.models / "best_config.json")]
+    return args
+
+
 def bench_inference(check: Check) -> dict[str, Any]:
     target = check.work / "bench_inference.json"
-    sizes = ["--images", "1", "--folds", "1", "--tta", "identity", "--min-size", "192"]
-    if not check.quick:
-        sizes = ["--images", "40", "--folds", "5", "--tta", "identity,hflip"]
-    cmd = [check.python, "bench/bench_inference.py", "--device", check.device, *sizes, "--json", str(target)]
+    images, folds = (1, 1) if check.quick else (BENCH_IMAGES, 5)
+    sizes = ["--images", str(images), "--folds", str(folds)] + (["--tta", "identity"] if check.quick else [])
+    cmd = [check.python, "bench/bench_inference.py", "--device", check.device, *_pipeline_args(check), *sizes,
+           "--json", str(target)]  # fmt: skip
     check.run("bench_inference", cmd, timeout=check.left() * (0.9 if check.quick else 0.4))
-    return json.loads(target.read_text())
+    found = json.loads(target.read_text())
+    if found.get("images") != images or found.get("folds") != folds:
+        raise ValueError(
+            f"bench_inference: ran {found.get('images')} images x {found.get('folds')} folds, asked for "
+            f"{images} x {folds} (--data {check.data})"
+        )
+    return found
 
 
 def memory(check: Check) -> dict[str, Any]:
-    cmd = [check.python, str(Path(__file__)), "--probe-memory", "--device", check.device, "--work", str(check.work)]
+    cmd = [check.python, str(Path(__file__)), "--probe-memory", "--device", check.device, "--work", str(check.work),
+           *_pipeline_args(check)]  # fmt: skip
     if check.quick:
         cmd.append("--quick")
     out = check.run("memory", cmd, timeout=check.left() * (0.9 if check.quick else 0.3))
     return json.loads(out.strip().splitlines()[-1])
 
 
-def probe_memory(device: str, quick: bool, work: Path) -> dict[str, Any]:
-    """Peak GPU memory of run_inference per batch size (its own process: clean counters)."""
+def probe_memory(device: str, quick: bool, work: Path, models: Path, data: Path, config: Path | None) -> dict[str, Any]:
+    """Peak GPU memory of run_inference per batch size (its own process: clean counters):
+    the first fold (``quick``) or all of ``models`` with ``config``, on images of ``data``.
+
+    Raises:
+        ValueError: ``data`` holds fewer images than the largest batch, or a run predicted
+            another number of images than its batch.
+    """
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from kernel_lib.config import Config, EnsembleConfig, InferenceConfig
-    from kernel_lib.demo_models import make_demo_models
+    from kernel_lib.config import InferenceConfig, load_config
     from kernel_lib.images import list_images
+    from kernel_lib.model_folder import read_manifest, write_manifest
     from kernel_lib.pipeline import run_inference
 
-    folds, min_size, sizes = (1, 192, (1, 2)) if quick else (5, 800, (1, 2, 4, 8, 16))
-    models = work / "memory_models"
-    make_demo_models(models, n_folds=folds, arch="R50", seed=0, min_size_test=min_size)
-    pack = ROOT.parent / "shared" / "data" / "sartorius-mini" / "train"
-    images = list_images(pack if pack.is_dir() else ROOT / "tests" / "data" / "train")
+    cfg = load_config(config)
+    listed = read_manifest(models)
+    sizes = (1, 2) if quick else MEMORY_BATCHES
+    if quick:
+        cfg = cfg.replace(ensemble=replace(cfg.ensemble, tta=("identity",)))
+        first = work / "memory_models"
+        first.mkdir()
+        (first / listed[0][0]).symlink_to((models / listed[0][0]).resolve(), target_is_directory=True)
+        write_manifest(first, listed[:1])
+        models, listed = first, listed[:1]
+    folder = data / "train" if (data / "train").is_dir() else data
+    images = list_images(folder)
+    if len(images) < max(sizes):
+        raise ValueError(f"memory: {folder} holds {len(images)} images, the largest batch needs {max(sizes)}")
     cuda = device == "cuda"
     rows = []
     for batch in sizes:
@@ -213,25 +251,29 @@ def probe_memory(device: str, quick: bool, work: Path) -> dict[str, Any]:
         for path in images[:batch]:
             (test / path.name).symlink_to(path.resolve())
         inference = InferenceConfig(device=device, half=True, batch_size=batch, num_workers=2)
-        cfg = Config(ensemble=EnsembleConfig(tta=("identity", "hflip")), inference=inference)
+        run_cfg = cfg.replace(inference=inference)
         if cuda:
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_stats()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         try:
-            result = run_inference(test, models, work / f"memory_{batch}.csv", cfg, progress=False)
+            result = run_inference(test, models, work / f"memory_{batch}.csv", run_cfg, progress=False)
         except torch.cuda.OutOfMemoryError:
             rows.append({"batch_size": batch, "oom": True})
             break
-        row: dict[str, Any] = {"batch_size": batch, "seconds": time.perf_counter() - start}
+        if result.n_images != batch:
+            raise ValueError(f"memory: batch size {batch} predicted {result.n_images} images")
+        row: dict[str, Any] = {"batch_size": batch, "images": result.n_images, "seconds": time.perf_counter() - start}
         row["s_per_image"] = result.timings["inference"] / result.n_images
         if cuda:
             row["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
         rows.append(row)
     fits = [r["batch_size"] for r in rows if r.get("peak_reserved_gib", 1e9) <= T4_BUDGET_GIB]
-    return {"folds": folds, "tta": ["identity", "hflip"], "half": True, "min_size_test": min_size, "rows": rows,
-            "t4_budget_gib": T4_BUDGET_GIB, "largest_batch_fitting_t4": max(fits) if fits else None}  # fmt: skip
+    return {"models": str(models), "folds": [name for name, _ in listed], "config": str(config) if config else None,
+            "method": cfg.ensemble.method, "tta": list(cfg.ensemble.tta), "half": True, "data": str(folder),
+            "rows": rows, "t4_budget_gib": T4_BUDGET_GIB,
+            "largest_batch_fitting_t4": max(fits) if fits else None}  # fmt: skip
 
 
 def train(check: Check) -> dict[str, Any]:
@@ -317,13 +359,17 @@ def main(argv: list[str] | None = None) -> int:
         help="annotated pack (train.csv, train/); default gpu_data/sartorius-mini, ../shared/data/sartorius-mini, "
         "then tests/data (always tests/data with --quick)",
     )
+    parser.add_argument(
+        "--models", type=Path, default=SHIPPED, help="fold models timed, with their best_config.json (default: shipped)"
+    )
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="results folder (default $OUT, else a temp folder)")
     parser.add_argument("--deadline", type=float, default=510.0, help="seconds the whole check may take (default 510)")
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--probe-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe_memory:
-        print(json.dumps(probe_memory(args.device, args.quick, args.work)))
+        print(json.dumps(probe_memory(args.device, args.quick, args.work, args.models, args.data, args.config)))
         return 0
     out = args.out or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu_check_out_"))
     out.mkdir(parents=True, exist_ok=True)
@@ -334,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.data is None:
         data = ROOT / "tests" / "data"
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
-        check = Check(args.device, args.quick, Path(work), out, args.bundle, data, time.monotonic() + args.deadline)
+        check = Check(
+            args.device, args.quick, Path(work), out, args.bundle, data, time.monotonic() + args.deadline, args.models
+        )
         check.log(f"gpu check: device {args.device}{' (quick)' if args.quick else ''}, out {out}, data {data}")
         results = run_check(check)
     failed = [name for name, step in results["steps"].items() if step["status"] != "ok"]
