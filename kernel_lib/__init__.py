@@ -6,7 +6,7 @@ the pipeline (:func:`run_inference`, the notebook's one call, and its steps
 (:func:`write_submission`, :func:`validate_submission`) and its score
 (:func:`score_submission`), the RLE codec, the two instance types (:class:`CropMasks`,
 :class:`SoftInstances`) and :func:`overlay`. Everything else is reached through its
-module: training (``kernel_lib.train``, ``kernel_lib.data``, ``kernel_lib.folds``),
+module: training (``kernel_lib.training``, ``kernel_lib.folds``, ``kernel_lib.pseudo``),
 tuning (``kernel_lib.tune``), evaluation (``kernel_lib.evaluate``,
 ``kernel_lib.metric``, ``kernel_lib.report``), the stages (``kernel_lib.images``,
 ``kernel_lib.tta``, ``kernel_lib.model``, ``kernel_lib.ensemble``,
@@ -21,8 +21,7 @@ inference path never imports the training modules.
 
 from __future__ import annotations
 
-import importlib
-
+from kernel_lib._lazy import lazy_attributes
 from kernel_lib.config import (
     Config,
     EnsembleConfig,
@@ -46,17 +45,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # the next access is a plain attribute
-        return value
-    raise AttributeError(f"module 'kernel_lib' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "Config",

@@ -24,7 +24,7 @@ names below are imported from their modules on first use, so that importing the 
 
 from __future__ import annotations
 
-import importlib
+from kernel_lib._lazy import lazy_attributes
 
 # name -> module it is imported from on first use
 _LAZY: dict[str, str] = {
@@ -40,16 +40,6 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # the next access is a plain attribute
-        return value
-    raise AttributeError(f"module 'kernel_lib.training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = sorted(_LAZY)
