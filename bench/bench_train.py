@@ -48,7 +48,7 @@ VARIANTS = (
 def time_variant(args: argparse.Namespace, dicts: list[dict], bf16: bool, crop_first: bool, sparse: bool) -> float:
     opts = TrainOptions(
         data_dir=args.data,
-        folds_csv="",
+        folds_csv="folds.csv",  # named, not read: build_config reads no data
         fold=0,
         out_dir="",
         arch=args.arch,
