@@ -6,10 +6,18 @@
 # brightness/contrast and scale jitter; mixed precision; several GPUs through detectron2's
 # launcher) and scores each fold on its held-out images with the competition metric.
 #
+# The whole recipe of the top solutions, one parameter per stage (0 skips it; each stage
+# resumes where a previous run stopped, folders already holding a `meta.json` are kept):
+# 1. pretrain on LIVECell (`LIVECell_dataset_2021/` in the competition input), class-agnostic;
+# 2. train the folds (fine-tuned from the pretraining when there is one);
+# 3. pseudo-label `train_semi_supervised/` with those folds and train them again on both,
+#    `PSEUDO_ROUNDS` times.
+#
 # Output: `/kaggle/working/models/fold<K>/` (`config.yaml`, `model_final.pth`, `meta.json`
 # with the held-out score, `metrics.json` loss log), plus `models.json` and
 # `dataset-metadata.json`: the folder is ready to become the model-weights dataset that
-# the inference notebook reads (see the README, "Training fold models").
+# the inference notebook reads (see the README, "Training fold models"). Pretraining and
+# the rounds before the last stay in `/kaggle/working/work/`.
 #
 # Settings: GPU on, internet off. Inputs: the competition data and the bundle dataset
 # (`kernel_lib_bootstrap.py` and `wheels/`, made by `build_dataset.py`); optionally a dataset
@@ -51,6 +59,16 @@ BATCH = BATCH_PER_GPU * NUM_GPUS
 # anything else for `python -m kernel_lib train`, e.g. "--min-sizes 96 --test-size 96" for a smoke run
 EXTRA_ARGS = os.environ.get("TRAIN_EXTRA_ARGS", "").split()
 
+# the competition's other data, one parameter per stage (0 skips it)
+PRETRAIN_ITERS = int(os.environ.get("TRAIN_PRETRAIN_ITERS", "0"))  # LIVECell pretraining, e.g. 6000
+LIVECELL_JSON = DATA_DIR / "LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_train.json"
+LIVECELL_IMAGES = DATA_DIR / "LIVECell_dataset_2021/images"
+PSEUDO_ROUNDS = int(os.environ.get("TRAIN_PSEUDO_ROUNDS", "0"))  # pseudo-label and retrain, e.g. 1 or 2
+UNLABELLED = DATA_DIR / "train_semi_supervised"
+PSEUDO_MIN_SCORE = float(os.environ.get("TRAIN_PSEUDO_MIN_SCORE", "0.5"))  # an instance's least score to be a label
+PSEUDO_WEIGHT = 0.5  # how often a pseudo-labelled image is drawn relative to a labelled one
+WORK_DIR = KAGGLE_WORKING / "work"  # pretraining and the rounds before the last
+
 MODELS_DIR.mkdir(parents=True, exist_ok=True)
 print(f"data: {DATA_DIR}\nmodels: {MODELS_DIR}")
 print(f"device: {DEVICE} x {NUM_GPUS}, {ITERS} iterations of {BATCH} images")
@@ -76,27 +94,58 @@ if not FOLDS_CSV.is_file():
 print(open(FOLDS_CSV).read()[:300])  # noqa: SIM115
 
 # %%
-# 4. Train: one process per fold (folds already finished, with a meta.json, are skipped).
+# 4. Stage 1, pretraining: class-agnostic on every LIVECell line; the folds then fine-tune from it.
+RECIPE = ["--arch", ARCH, "--batch", BATCH, "--device", DEVICE, "--num-gpus", NUM_GPUS]
+PRETRAINED = WORK_DIR / "pretrain" / "pretrain"
+if PRETRAIN_ITERS and not (PRETRAINED / "meta.json").is_file():
+    kernel_lib_cli(
+        "train", "--coco", LIVECELL_JSON, "--coco-images", LIVECELL_IMAGES, "--coco-classes", "cell",
+        "--out", PRETRAINED.parent, "--iters", PRETRAIN_ITERS, *RECIPE, *EXTRA_ARGS,
+    )  # fmt: skip
+init = ["--init-weights", PRETRAINED] if (PRETRAINED / "meta.json").is_file() else []
+init = init or (["--init-weights", INIT_WEIGHTS] if INIT_WEIGHTS else [])
+print(f"the folds start from {init[1] if init else 'scratch'}")
+
+# %%
+# 5. Stages 2 and 3: the folds, then each pseudo-labelling round (the last one lands in MODELS_DIR).
 import pandas as pd
+
+from kernel_lib.model_folder import write_manifest
 
 all_folds = sorted(pd.read_csv(FOLDS_CSV)["fold"].unique().tolist())
 folds = all_folds if FOLDS_TO_TRAIN == "all" else [int(k) for k in FOLDS_TO_TRAIN.split(",")]
-init = ["--init-weights", INIT_WEIGHTS] if INIT_WEIGHTS else []
-for fold in folds:
-    if (MODELS_DIR / f"fold{fold}" / "meta.json").is_file():
-        print(f"fold {fold}: already trained, skipped")
-        continue
-    kernel_lib_cli(
-        "train", "--data", DATA_DIR, "--folds", FOLDS_CSV, "--fold", fold, "--out", MODELS_DIR,
-        "--arch", ARCH, "--iters", ITERS, "--batch", BATCH, "--device", DEVICE, "--num-gpus", NUM_GPUS,
-        *init, *EXTRA_ARGS,
-    )  # fmt: skip
+
+
+def train_folds(out_dir: Path, *extra: object) -> None:
+    """Train every fold into out_dir (one process each; a fold with a meta.json is kept)."""
+    for fold in folds:
+        if (out_dir / f"fold{fold}" / "meta.json").is_file():
+            print(f"{out_dir / f'fold{fold}'}: already trained, kept")
+            continue
+        kernel_lib_cli(
+            "train", "--data", DATA_DIR, "--folds", FOLDS_CSV, "--fold", fold, "--out", out_dir,
+            "--iters", ITERS, *RECIPE, *init, *extra, *EXTRA_ARGS,
+        )  # fmt: skip
+    write_manifest(out_dir, [(f"fold{k}", 1.0) for k in folds])
+
+
+rounds = [WORK_DIR / f"round{r}" for r in range(PSEUDO_ROUNDS)] + [MODELS_DIR]
+train_folds(rounds[0])
+for r, out_dir in enumerate(rounds[1:], start=1):
+    pseudo_csv = WORK_DIR / f"pseudo{r}.csv"
+    if not pseudo_csv.is_file():
+        kernel_lib_cli(
+            "pseudo", "--images", UNLABELLED, "--models", rounds[r - 1], "--out", pseudo_csv,
+            "--min-score", PSEUDO_MIN_SCORE, "--device", DEVICE, "--quiet",
+        )  # fmt: skip
+    labels = ["--extra-truth", pseudo_csv, "--extra-images", UNLABELLED, "--extra-weight", PSEUDO_WEIGHT]
+    train_folds(out_dir, *labels)
 
 # %%
-# 5. Held-out scores, and the files that make MODELS_DIR a model-weights dataset.
+# 6. Held-out scores, and the files that make MODELS_DIR a model-weights dataset.
 import json
 
-from kernel_lib.model_folder import read_meta, write_manifest
+from kernel_lib.model_folder import read_meta
 
 rows = []
 for meta_path in sorted(MODELS_DIR.glob("*/meta.json")):

@@ -561,6 +561,14 @@ def test_training_notebook_is_generated_clean_and_thin() -> None:
     assert '"train", "--data"' in text and '"folds", "--truth"' in text
 
 
+def _stage_bootstrap(kaggle_input: Path) -> None:
+    """The bundle dataset's kernel_lib_bootstrap.py, as build_dataset.py stages it (here
+    detectron2 and kernel_lib import already: the install cell finds it and it does nothing)."""
+    bundle = kaggle_input / "sartorius-offline-bundle"
+    bundle.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "kernel_lib" / "bootstrap.py", bundle / "kernel_lib_bootstrap.py")
+
+
 @pytest.mark.slow
 def test_training_notebook_runs_on_a_kaggle_like_tree(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -576,6 +584,7 @@ def test_training_notebook_runs_on_a_kaggle_like_tree(
     competition.mkdir(parents=True)
     shutil.copytree(data_dir / "train", competition / "train")
     shutil.copy(data_dir / "train.csv", competition / "train.csv")
+    _stage_bootstrap(tmp_path / "input")
     working = tmp_path / "working"
     working.mkdir()
     eval_config = tmp_path / "eval.json"
@@ -608,3 +617,65 @@ def test_training_notebook_runs_on_a_kaggle_like_tree(
     assert summary["held-out score"].iloc[0] == pytest.approx(meta["heldout_score"])
     (loaded,) = pipeline.load_models(models, Config(ensemble=EnsembleConfig(detections_per_image=50)))
     assert loaded.fold == 0
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_every_stage_and_resumes(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pretraining on a LIVECell-shaped folder -> fold 0 fine-tuned from it -> pseudo-labels
+    of an unlabelled folder -> fold 0 again on both, in MODELS_DIR; a second run keeps all."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from kernel_lib.testing import write_livecell_standin
+
+    competition = tmp_path / "input" / COMPETITION
+    competition.mkdir(parents=True)
+    shutil.copytree(data_dir / "train", competition / "train")
+    shutil.copy(data_dir / "train.csv", competition / "train.csv")
+    _stage_bootstrap(tmp_path / "input")
+    write_livecell_standin(data_dir, competition / "LIVECell_dataset_2021", ["0f08d640930b", "e9edcd9483e4"])
+    (competition / "train_semi_supervised").mkdir()
+    for image in sorted((data_dir / "test").glob("*.png"))[:2]:
+        shutil.copy(image, competition / "train_semi_supervised")
+    working = tmp_path / "working"
+    working.mkdir()
+    eval_config = tmp_path / "eval.json"
+    Config(ensemble=EnsembleConfig(tta=("identity",), detections_per_image=50)).to_json(eval_config)
+    tiny = "--min-sizes 96 --max-size 160 --test-size 96 --workers 0 --set MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32"
+    for name, value in {
+        "KAGGLE_INPUT": str(tmp_path / "input"),
+        "KAGGLE_WORKING": str(working),
+        "TRAIN_FOLDS": "0",
+        "TRAIN_ITERS": "2",
+        "TRAIN_BATCH_PER_GPU": "2",
+        "TRAIN_EXTRA_ARGS": f"{tiny} --eval-config {eval_config}",
+        "TRAIN_PRETRAIN_ITERS": "2",
+        "TRAIN_PSEUDO_ROUNDS": "1",
+        "TRAIN_PSEUDO_MIN_SCORE": "0.0",  # two iterations score little: keep whatever they find
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    def run() -> None:
+        notebook = nbformat.read(NOTEBOOK, as_version=4)
+        NotebookClient(
+            notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(working)}}
+        ).execute()
+
+    run()
+    pretrained = working / "work" / "pretrain" / "pretrain"
+    assert json.loads((pretrained / "meta.json").read_text())["classes"] == ["cell"]
+    first = json.loads((working / "work" / "round0" / "fold0" / "meta.json").read_text())
+    assert first["initialised_from"]["folder"] == str(pretrained) and first["extra_truth"] == []
+    pseudo = working / "work" / "pseudo1.csv"
+    assert list(pd.read_csv(pseudo).columns)[-2:] == ["score", "image_score"]
+    final = working / "models" / "fold0" / "meta.json"
+    meta = json.loads(final.read_text())
+    assert meta["initialised_from"]["folder"] == str(pretrained)
+    assert meta["extra_truth"][0]["file"] == str(pseudo) and meta["extra_truth"][0]["weight"] == 0.5
+    assert json.loads((working / "models" / "models.json").read_text())["models"] == [{"name": "fold0", "weight": 1.0}]
+    # resumable: a second run finds every stage done and changes nothing
+    before = {p: p.read_bytes() for p in (pretrained / "meta.json", pseudo, final)}
+    run()
+    assert {p: p.read_bytes() for p in before} == before

@@ -47,7 +47,7 @@ from kernel_lib.folds import FoldSplit, fold_split
 from kernel_lib.model_folder import META_FILE, NORMALIZATION_KEY, WEIGHTS_FILE, read_meta, write_meta
 from kernel_lib.training.checkpoint import SafeCheckpointer, read_pickled_weights
 from kernel_lib.training.coco import CocoSource, load_coco_dicts
-from kernel_lib.training.datasets import TrainingData, load_dataset_dicts
+from kernel_lib.training.datasets import TrainingData, load_dataset_dicts, read_train_csv
 from kernel_lib.training.download import Download, fetch_weights, is_remote
 from kernel_lib.training.folder import CHECKPOINT_LINK, clear_leftovers, finish_fold, unwrap
 from kernel_lib.training.mappers import build_mapper
@@ -218,6 +218,8 @@ def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
 def _extra_data(truth: str, images: str, split: FoldSplit | None, weight: float) -> TrainingData:
     """An ``--extra-truth`` file (pseudo-labels) read as train.csv is, its records tagged
     with their source and sampling weight; images the fold holds out are left out."""
+    if read_train_csv(truth).empty:  # a pseudo-labelling round that kept nothing: train on the rest
+        return TrainingData([], [AnnotationProblem("", IMAGE_ROW, f"{truth} holds no row")], pd.DataFrame())
     data = load_dataset_dicts(Path(images).parent, None, train_csv=truth, image_dir=images)
     heldout = set(split.heldout_ids) if split is not None else set()
     dicts, problems = [], list(data.problems)
