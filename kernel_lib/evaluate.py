@@ -36,13 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kernel_lib import model_folder
 from kernel_lib.config import CELL_TYPES, Config, PostprocessConfig
 from kernel_lib.folds import read_folds
 from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.metric import ImageScore, ScoreReport, image_score, report_from_scores
-from kernel_lib.model_folder import file_digest, fold_of, folder_digest, read_meta
+from kernel_lib.model_folder import ModelInfo, file_digest, model_infos
 from kernel_lib.outputs import atomic_output
 from kernel_lib.soft import SoftInstances
 from kernel_lib.truth import Truth, read_truth, truth_notes
@@ -54,33 +53,6 @@ MANIFEST = "manifest.json"
 
 
 # --------------------------------------------------------------------------- models
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model folder entry: name, folder, fold (None: unknown), weight, content digest."""
-
-    name: str
-    path: Path
-    fold: int | None
-    weight: float
-    digest: str
-
-
-def model_infos(models_dir: str | Path) -> list[ModelInfo]:
-    """The models of a model folder (models.json order, else sub-folders), with their
-    folds and a digest of config.yaml, model_final.pth and meta.json (no torch).
-
-    Raises:
-        ValueError: see :func:`kernel_lib.model_folder.read_manifest`; a model without weights.
-    """
-    models_dir = Path(models_dir)
-    infos = []
-    for name, weight in model_folder.read_manifest(models_dir):
-        folder = models_dir / name
-        digest = folder_digest(folder)
-        infos.append(ModelInfo(name, folder, fold_of(name, read_meta(folder)), float(weight), digest))
-    return infos
 
 
 def assign_models(

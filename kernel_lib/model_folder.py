@@ -237,3 +237,30 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model folder entry: name, folder, fold (None: unknown), weight, content digest."""
+
+    name: str
+    path: Path
+    fold: int | None
+    weight: float
+    digest: str
+
+
+def model_infos(models_dir: str | Path) -> list[ModelInfo]:
+    """The models of a model folder (models.json order, else sub-folders), with their
+    folds and a digest of config.yaml, model_final.pth and meta.json (no torch).
+
+    Raises:
+        ValueError: see :func:`read_manifest`; a model without weights.
+    """
+    models_dir = Path(models_dir)
+    infos = []
+    for name, weight in read_manifest(models_dir):
+        folder = models_dir / name
+        digest = folder_digest(folder)
+        infos.append(ModelInfo(name, folder, fold_of(name, read_meta(folder)), float(weight), digest))
+    return infos

@@ -13,19 +13,18 @@ from kernel_lib.__main__ import main
 from kernel_lib.config import Config, EnsembleConfig, InferenceConfig, PostprocessConfig
 from kernel_lib.evaluate import (
     CacheEntry,
-    ModelInfo,
     assign_models,
     cache_key,
     compact,
     evaluate,
     evaluate_cache,
     load_instances,
-    model_infos,
     read_cache_manifest,
     save_instances,
     write_cache_manifest,
 )
 from kernel_lib.folds import make_folds, write_folds
+from kernel_lib.model_folder import ModelInfo, model_infos
 from kernel_lib.soft import SoftInstances
 from kernel_lib.truth import read_truth
 

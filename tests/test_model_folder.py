@@ -94,7 +94,7 @@ def test_folder_digest_follows_every_file(tmp_path: Path) -> None:
 def test_reading_model_folders_for_evaluation_loads_no_torch(tmp_path: Path) -> None:
     _fold(tmp_path, "fold0", 0)
     code = (
-        "import sys; from kernel_lib.evaluate import model_infos; "
+        "import sys; from kernel_lib.model_folder import model_infos; "
         f"infos = model_infos({str(tmp_path)!r}); "
         "print(infos[0].name, infos[0].fold, 'torch' in sys.modules)"
     )
