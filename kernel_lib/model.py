@@ -21,6 +21,8 @@ as detectron2's ``GeneralizedRCNNWithTTA`` does, extended across models:
 
 On CUDA, ``InferenceConfig.half`` runs under ``torch.autocast(float16)`` (box maths
 stays float32); on the CPU ``cpu_bf16`` does the same in bfloat16 (fast with AMX).
+RoIAlign always pools float32 features at float32 boxes (:class:`Float32ROIAlign`:
+detectron2's casts the boxes to bfloat16, 4-pixel steps past x = 512).
 Convolution weights are kept channels-last on the CPU and with float16. With several
 GPUs every GPU holds a replica of every model and takes whole batches in turn. A
 ``DataLoader`` reads, converts and resizes the next images in worker processes while
@@ -128,6 +130,67 @@ class FoldModel:
         )
 
 
+class Float32ROIAlign(torch.nn.Module):
+    """detectron2's ``ROIAlign`` with float32 boxes and features whatever the autocast.
+
+    detectron2's ``ROIAlign.forward`` casts the boxes to the features' dtype
+    (``rois.to(dtype=input.dtype)``): under bfloat16 (8 significant bits) the box
+    coordinates past x = 512 are rounded to 4-pixel steps (past 256 to 2) before any
+    sampling. Here ``torchvision.ops.roi_align`` runs with autocast disabled on
+    ``input.float()`` and ``rois.float()``; the output is cast back to the input's dtype
+    (what ``ROIPooler`` allocates its output in).
+    """
+
+    def __init__(self, output_size: Any, spatial_scale: float, sampling_ratio: int, aligned: bool = True) -> None:
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
+        if rois.dim() != 2 or rois.size(1) != 5:
+            raise ValueError(
+                f"Float32ROIAlign: expected (K, 5) boxes (batch index, x0, y0, x1, y1), got {tuple(rois.shape)}"
+            )
+        if input.is_quantized:
+            input = input.dequantize()
+        with torch.autocast(device_type=input.device.type, enabled=False):
+            out = roi_align(
+                input.float(), rois.float(), self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+            )
+        return out.to(input.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
+
+
+def use_float32_roi_align(model: torch.nn.Module) -> int:
+    """Swap every detectron2 ``ROIAlign`` in ``model``'s poolers (box and mask heads, each
+    FPN level, cascade stages) for a :class:`Float32ROIAlign` of the same settings.
+
+    Returns:
+        how many were swapped.
+    """
+    from detectron2.layers import ROIAlign
+
+    swapped = 0
+    for module in model.modules():
+        levels = getattr(module, "level_poolers", None)
+        if not isinstance(levels, torch.nn.ModuleList):
+            continue
+        for k, level in enumerate(levels):
+            if type(level) is ROIAlign:
+                levels[k] = Float32ROIAlign(level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned)
+                swapped += 1
+    return swapped
+
+
 def resolve_device(name: str) -> torch.device:
     """Device of a config name: "auto" -> cuda:0 when CUDA is available else cpu; "cuda" without CUDA -> ValueError."""
     if name == "auto":
@@ -202,6 +265,7 @@ def load_fold_model(
     The ensemble's ``candidate_score`` and ``detections_per_image`` replace the config's
     ``SCORE_THRESH_TEST`` and ``DETECTIONS_PER_IMAGE``. ``channels_last`` stores the
     convolution weights NHWC (same results, faster kernels on the CPU / tensor cores).
+    The poolers' RoIAligns become :class:`Float32ROIAlign`.
 
     Raises:
         ValueError: a missing file, an unreadable config or checkpoint, a model that is
@@ -256,6 +320,7 @@ def load_fold_model(
     _check_state_dict(model, state, name, weights_path)
     model.load_state_dict(state, strict=True)
     model.eval()
+    use_float32_roi_align(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return FoldModel(name, folder, fold_of(name, meta), float(weight), cfg, model, device, meta, channels_last)

@@ -264,6 +264,50 @@ def test_mask_pooler_maps_flipped_boxes_back_exactly(mixed_dir: Path) -> None:
     assert (view.invert_roi_masks(wrong) - plain).abs().max() > 1e-2
 
 
+def test_float32_roi_align_keeps_box_coordinates_past_512_under_bfloat16() -> None:
+    """detectron2's ROIAlign casts the boxes to the features' dtype: under bfloat16
+    autocast x = 515.3 becomes 516 (4-pixel steps past 512) and the pooled values move;
+    Float32ROIAlign pools bfloat16 features with float32 boxes exactly as float32 does."""
+    from detectron2.layers import ROIAlign
+    from torchvision.ops import roi_align
+
+    from kernel_lib.model import Float32ROIAlign
+
+    assert torch.tensor(515.3).bfloat16().item() == 516.0  # the rounding itself
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(1, 4, 20, 200, generator=gen).bfloat16()  # stride 4: an 800-pixel-wide level
+    rois = torch.tensor([[0.0, 515.3, 10.6, 603.7, 60.2], [0.0, 601.1, 3.3, 790.9, 41.7]])
+    reference = roi_align(feats.float(), rois, (14, 14), 0.25, 0, True)  # float32 boxes and features
+    settings = ((14, 14), 0.25, 0, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        old = ROIAlign(*settings)(feats, rois)
+        new = Float32ROIAlign(*settings)(feats, rois)
+    assert old.dtype == new.dtype == torch.bfloat16  # the output keeps the features' dtype
+    assert torch.equal(new, reference.bfloat16())
+    assert (old.float() - reference).abs().max() > 0.05  # the old path pooled other places
+    with pytest.raises(ValueError, match=r"expected \(K, 5\) boxes.*got \(2, 4\)"):
+        Float32ROIAlign(*settings)(feats, rois[:, 1:])
+
+
+def test_loaded_models_pool_with_float32_roi_align(mixed_dir: Path) -> None:
+    """Every pooler level of every loaded model (box and mask heads, cascade stages) is a
+    Float32ROIAlign with the settings of the ROIAlign it replaced."""
+    from detectron2.layers import ROIAlign
+    from detectron2.modeling import build_model
+
+    from kernel_lib.model import Float32ROIAlign
+
+    for fm in load_models(mixed_dir, _ensemble(), CPU):
+        levels = [m for p in fm.model.modules() if hasattr(p, "level_poolers") for m in p.level_poolers]
+        assert levels and all(type(m) is Float32ROIAlign for m in levels), fm.name
+        assert not any(type(m) is ROIAlign for m in fm.model.modules())
+        built = build_model(fm.cfg)  # what detectron2 builds from the same config
+        before = [m for p in built.modules() if hasattr(p, "level_poolers") for m in p.level_poolers]
+        assert [(m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned) for m in before] == [
+            (m.output_size, m.spatial_scale, m.sampling_ratio, m.aligned) for m in levels
+        ]
+
+
 # ------------------------------------------------------------------ inference
 
 
