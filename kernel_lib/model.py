@@ -22,17 +22,20 @@ as detectron2's ``GeneralizedRCNNWithTTA`` does, extended across models:
 On CUDA, ``InferenceConfig.half`` runs under ``torch.autocast(float16)`` (box maths
 stays float32); on the CPU ``cpu_bf16`` does the same in bfloat16 (fast with AMX).
 RoIAlign always pools float32 features at float32 boxes (:class:`Float32ROIAlign`:
-detectron2's casts the boxes to bfloat16, 4-pixel steps past x = 512).
-Convolution weights are kept channels-last on the CPU and with float16. With several
-GPUs every GPU holds a replica of every model and takes whole batches in turn. A
-``DataLoader`` reads, converts and resizes the next images in worker processes while
-the models run.
+detectron2's casts the boxes to bfloat16, 4-pixel steps past x = 512). Convolution
+weights are kept channels-last on the CPU and with float16 (:func:`prepare_model`, for
+every caller). The mask head takes at most :data:`MASK_ROI_CHUNK` RoIs a call; a batch
+that runs out of GPU memory is split and run again. With several GPUs every GPU holds a
+replica of every model (copied once, :meth:`FoldModel.replica`) and takes whole batches
+in turn. A ``DataLoader`` reads, converts and resizes the next images in worker
+processes while the models run.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import logging
 import re
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -65,6 +68,23 @@ from kernel_lib.weights import nonfinite_tensors, read_state_dict
 
 MASK_ROI_CHUNK = 4096
 """Most RoIs sent through one mask-head call (bounds activation memory)."""
+
+MIN_MASK_ROI_CHUNK = 256
+"""The mask-head chunk is halved on running out of memory down to this."""
+
+OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
+)
+"""What torch raises out of (GPU) memory: ``torch.OutOfMemoryError`` (``torch.cuda.OutOfMemoryError``)."""
+
+log = logging.getLogger(__name__)
+
+
+def _free_cached_memory(device: torch.device) -> None:
+    """Return the caching allocator's free blocks to the GPU (nothing on the CPU)."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------
@@ -99,6 +119,7 @@ class FoldModel:
     device: torch.device
     meta: dict[str, Any] = field(default_factory=dict)
     channels_last: bool = False
+    replicas: dict[tuple[int, str], FoldModel] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def min_size(self) -> int:
@@ -123,11 +144,22 @@ class FoldModel:
         )
 
     def to(self, device: torch.device) -> FoldModel:
-        """A replica on another device (deep copy of the module)."""
+        """A new replica on another device (deep copy of the module)."""
         model = copy.deepcopy(self.model).to(device)
         return FoldModel(
             self.name, self.path, self.fold, self.weight, self.cfg, model, device, self.meta, self.channels_last
         )
+
+    def replica(self, index: int, device: torch.device) -> FoldModel:
+        """Replica number ``index`` (>= 1) on ``device``: copied on first use, then kept
+        (:func:`predict` asks again on every call: one copy per model and GPU per
+        process); its weight follows this model's."""
+        key = (index, str(device))
+        if key not in self.replicas:
+            self.replicas[key] = self.to(device)
+        replica = self.replicas[key]
+        replica.weight = self.weight
+        return replica
 
 
 class Float32ROIAlign(torch.nn.Module):
@@ -264,8 +296,10 @@ def load_fold_model(
 
     The ensemble's ``candidate_score`` and ``detections_per_image`` replace the config's
     ``SCORE_THRESH_TEST`` and ``DETECTIONS_PER_IMAGE``. ``channels_last`` stores the
-    convolution weights NHWC (same results, faster kernels on the CPU / tensor cores).
-    The poolers' RoIAligns become :class:`Float32ROIAlign`.
+    convolution weights NHWC (same results, faster kernels on the CPU / tensor cores;
+    :func:`predict` sets it where it pays whatever is passed here). The poolers'
+    RoIAligns become :class:`Float32ROIAlign`. On a GPU this torch cannot drive it stops
+    first (:func:`check_cuda_arch`).
 
     Raises:
         ValueError: a missing file, an unreadable config or checkpoint, a model that is
@@ -300,6 +334,7 @@ def load_fold_model(
             f"expected {len(CELL_TYPES)} ({', '.join(CELL_TYPES)})"
         )
     _check_test_sizes(cfg, name, config_path)
+    check_cuda_arch(device)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = str(device)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = ensemble.candidate_score
@@ -533,6 +568,10 @@ class EnsemblePredictor:
         self.ensemble = ensemble
         self.inference = inference
         self.mask_min_score = mask_min_score
+        self.max_batch = max(1, inference.batch_size)
+        """Most images per model call: lowered when a batch ran out of memory."""
+        self.mask_roi_chunk = MASK_ROI_CHUNK
+        """Most RoIs per mask-head call: lowered when one image ran out of memory."""
 
     # one model, one input key: detection pass -------------------------------------
     def _detect(
@@ -553,11 +592,42 @@ class EnsemblePredictor:
             # boxes clipped to nothing at the image border carry no mask; detectron2's
             # detector_postprocess drops them too
             detections = [d[d.pred_boxes.nonempty()] for d in detections]
-            if with_masks:
-                detections = model.roi_heads._forward_mask(features, detections)
-                return detections, None
         keep = {f: features[f] for f in model.roi_heads.mask_in_features}
+        if with_masks:
+            return self._forward_mask_chunked(fm, keep, detections), None
         return detections, keep
+
+    def _forward_mask_chunked(
+        self, fm: FoldModel, features: dict[str, torch.Tensor], instances: list[Any]
+    ) -> list[Any]:
+        """``fm``'s mask head on each image's instances (``pred_boxes``, ``pred_classes``),
+        at most ``mask_roi_chunk`` RoIs per call: consecutive images share a call while
+        they fit, an image with more RoIs is split. Returns the instances with
+        ``pred_masks``, one per image, in order."""
+        from detectron2.structures import Instances
+
+        limit = max(1, self.mask_roi_chunk)
+        pieces = []  # (image, start, stop)
+        for j, inst in enumerate(instances):
+            pieces.extend((j, a, min(len(inst), a + limit)) for a in range(0, max(len(inst), 1), limit))
+        chunks: list[list[tuple[int, int, int]]] = []
+        rois = 0
+        for piece in pieces:
+            size = piece[2] - piece[1]
+            if not chunks or rois + size > limit or chunks[-1][-1][0] == piece[0]:
+                chunks.append([])
+                rois = 0
+            chunks[-1].append(piece)
+            rois += size
+        parts: list[list[Any]] = [[] for _ in instances]
+        for chunk in chunks:
+            first, last = chunk[0][0], chunk[-1][0]  # consecutive images, one piece each
+            feats = {k: v[first : last + 1] for k, v in features.items()}
+            with _autocast(self.device, self.inference):
+                done = fm.model.roi_heads._forward_mask(feats, [instances[j][a:b] for j, a, b in chunk])
+            for (j, _, _), inst in zip(chunk, done):
+                parts[j].append(inst)
+        return [p[0] if len(p) == 1 else Instances.cat(p) for p in parts]
 
     def _masks_on_boxes(
         self,
@@ -570,23 +640,10 @@ class EnsemblePredictor:
         """Soft masks (n_j, M, M) of ``fm`` for given boxes (view coordinates) per image j."""
         from detectron2.structures import Boxes, Instances
 
-        out: list[torch.Tensor] = []
-        start = 0
-        while start < len(boxes):
-            stop, rois = start, 0
-            while stop < len(boxes) and (stop == start or rois + len(boxes[stop]) <= MASK_ROI_CHUNK):
-                rois += len(boxes[stop])
-                stop += 1
-            instances = [
-                Instances(views[j].out_shape, pred_boxes=Boxes(boxes[j]), pred_classes=classes[j])
-                for j in range(start, stop)
-            ]
-            feats = {k: v[start:stop] for k, v in features.items()}
-            with _autocast(self.device, self.inference):
-                instances = fm.model.roi_heads._forward_mask(feats, instances)
-            out.extend(inst.pred_masks[:, 0].float() for inst in instances)
-            start = stop
-        return out
+        instances = [
+            Instances(view.out_shape, pred_boxes=Boxes(b), pred_classes=c) for b, c, view in zip(boxes, classes, views)
+        ]
+        return [inst.pred_masks[:, 0].float() for inst in self._forward_mask_chunked(fm, features, instances)]
 
     # a batch ------------------------------------------------------------------------
     @torch.inference_mode()
@@ -595,7 +652,50 @@ class EnsemblePredictor:
         # on a second GPU (own thread), make it the current device for any tensor
         # created without an explicit device
         with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+            return self._predict_split(list(items))
+
+    def _predict_split(self, items: list[dict[str, Any]]) -> list[ViewOutputs]:
+        """:meth:`_predict_batch` on at most ``max_batch`` items at a time. Out of memory,
+        the cache is emptied and the batch split in halves (``max_batch`` follows, so the
+        next batches start split); on one image, the mask-head chunk is halved down to
+        :data:`MIN_MASK_ROI_CHUNK`.
+
+        Raises:
+            ValueError: out of memory on one image at the smallest chunk.
+        """
+        if len(items) > self.max_batch:
+            outs: list[ViewOutputs] = []
+            for k in range(0, len(items), self.max_batch):
+                outs.extend(self._predict_split(items[k : k + self.max_batch]))
+            return outs
+        try:
             return self._predict_batch(items)
+        except OOM_ERRORS as err:
+            # leave the except block before retrying: the traceback holds the failed
+            # call's tensors until then
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        _free_cached_memory(self.device)
+        if len(items) > 1:
+            self.max_batch = (len(items) + 1) // 2
+            log.warning(
+                "%s: out of memory on a batch of %d images; retrying in batches of %d",
+                self.device,
+                len(items),
+                self.max_batch,
+            )
+        elif self.mask_roi_chunk > MIN_MASK_ROI_CHUNK:
+            self.mask_roi_chunk = max(MIN_MASK_ROI_CHUNK, self.mask_roi_chunk // 2)
+            log.warning(
+                "%s: out of memory on one image; mask head on %d RoIs at a time", self.device, self.mask_roi_chunk
+            )
+        else:
+            raise ValueError(
+                f"{self.device}: out of memory on one image ({items[0].get('id')}) with {len(self.models)} model(s), "
+                f"{len(self.ensemble.tta)} view(s) x {len(self.ensemble.scales)} scale(s) and the mask head on "
+                f"{self.mask_roi_chunk} RoIs at a time; expected the ensemble to fit one image: use fewer scales, "
+                f"views or models, or the CPU ({message})"
+            )
+        return self._predict_split(items)
 
     def _predict_batch(self, items: Sequence[dict[str, Any]]) -> list[ViewOutputs]:
         roi = self.ensemble.method == "roi"
@@ -694,6 +794,23 @@ def cuda_devices(inference: InferenceConfig) -> list[torch.device]:
     return [torch.device(f"cuda:{k}") for k in range(torch.cuda.device_count())]
 
 
+def _devices(models: Sequence[FoldModel], inference: InferenceConfig) -> list[torch.device]:
+    """The devices :func:`predict` runs on: every visible GPU when the models are on
+    one, else the models' device."""
+    return cuda_devices(inference) if models[0].device.type == "cuda" else [models[0].device]
+
+
+def prepare_model(fm: FoldModel, inference: InferenceConfig) -> None:
+    """What every inference path does to a loaded model, however it was loaded
+    (:func:`load_models`, or :func:`load_fold_model` as ``evaluate`` does): stop on a
+    GPU this torch cannot drive (:func:`check_cuda_arch`: a few microseconds), and store
+    the weights channels-last on the CPU and for float16 on CUDA."""
+    check_cuda_arch(fm.device)
+    if not fm.channels_last and (fm.device.type == "cpu" or inference.half):
+        fm.model.to(memory_format=torch.channels_last)
+        fm.channels_last = True
+
+
 def predict(
     image_paths: Sequence[str | Path],
     models: Sequence[FoldModel],
@@ -706,15 +823,19 @@ def predict(
 
     Batches of ``inference.batch_size`` images are read by a ``DataLoader`` with
     ``inference.num_workers`` workers. With several GPUs, each GPU gets a replica of
-    every model and whole batches in turn (results still come out in input order).
+    every model (copied on the first call, then reused) and whole batches in turn
+    (results still come out in input order). Every model goes through
+    :func:`prepare_model` first (GPU guard, channels-last).
     """
     if not models:
         raise ValueError("predict: expected at least one model, got none")
     paths = [Path(p) for p in image_paths]
-    devices = cuda_devices(inference) if models[0].device.type == "cuda" else [models[0].device]
+    devices = _devices(models, inference)
     replicas = [list(models)]
-    for device in devices[1:]:
-        replicas.append([fm.to(device) for fm in models])
+    replicas.extend([fm.replica(k, device) for fm in models] for k, device in enumerate(devices[1:], start=1))
+    for replica in replicas:
+        for fm in replica:
+            prepare_model(fm, inference)
     predictors = [EnsemblePredictor(r, ensemble, inference, mask_min_score) for r in replicas]
     dataset = ImageDataset(paths, [_input_key(fm) for fm in models], ensemble)
     loader = DataLoader(

@@ -308,6 +308,99 @@ def test_loaded_models_pool_with_float32_roi_align(mixed_dir: Path) -> None:
         ]
 
 
+def _assert_same_outputs(a: list, b: list) -> None:
+    assert [i for i, _, _ in a] == [i for i, _, _ in b]
+    for (_, _, x), (_, _, y) in zip(a, b):
+        xs = [x.fused] if x.fused is not None else x.views
+        ys = [y.fused] if y.fused is not None else y.views
+        assert x.names == y.names and len(xs) == len(ys)
+        for u, v in zip(xs, ys):
+            assert len(u) == len(v)
+            np.testing.assert_allclose(u.boxes, v.boxes, atol=1e-4)
+            np.testing.assert_allclose(u.scores, v.scores, atol=1e-5)
+            np.testing.assert_array_equal(u.classes, v.classes)
+            np.testing.assert_allclose(u.masks, v.masks, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["wmf", "roi"])
+def test_mask_head_runs_in_chunks_with_the_same_results(
+    mixed_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Both paths send at most MASK_ROI_CHUNK RoIs through one mask-head call (an image
+    with more is split, small images share a call) and give what one call gives."""
+    import kernel_lib.model as model_module
+
+    models = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    ens = _ensemble(method)
+    paths = _test_images(data_dir, 2)
+    head = models[0].model.roi_heads
+    sizes: list[list[int]] = []
+    original = type(head)._forward_mask
+
+    def spy(self: object, features: dict, instances: list) -> object:
+        sizes.append([len(i) for i in instances])
+        return original(self, features, instances)
+
+    monkeypatch.setattr(type(head), "_forward_mask", spy)
+    whole = list(predict(paths, models, ens, CPU, progress=False))
+    assert all(len(s) == 4 for s in sizes)  # the batch's 2 images x 2 views in one call
+    sizes.clear()
+    monkeypatch.setattr(model_module, "MASK_ROI_CHUNK", 7)
+    chunked = list(predict(paths, models, ens, CPU, progress=False))
+    _assert_same_outputs(whole, chunked)
+    assert max(sum(s) for s in sizes) <= 7
+    assert len(sizes) > 2 * 2 * 2  # each image's RoIs of each view took several calls
+
+
+@pytest.mark.parametrize("error", ["torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError"])
+def test_an_out_of_memory_batch_is_split_and_retried(
+    mixed_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """An OutOfMemoryError on a batch of several images: the batch is split in halves and
+    run again (and later batches start split), with the same instances as unsplit."""
+    models = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    ens = _ensemble("wmf", tta=("identity",))
+    paths = sorted((data_dir / "test").glob("*.png")) + sorted((data_dir / "train").glob("*.png"))[:2]
+    config = InferenceConfig(device="cpu", batch_size=4, num_workers=0, cpu_bf16=False)
+    expected = list(predict(paths, models, ens, config, progress=False))
+    oom = torch.OutOfMemoryError if error == "torch.OutOfMemoryError" else torch.cuda.OutOfMemoryError
+    calls: list[int] = []
+    original = EnsemblePredictor._predict_batch
+
+    def flaky(self: EnsemblePredictor, items: list) -> list:
+        calls.append(len(items))
+        if len(items) > 2:
+            raise oom("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return original(self, items)
+
+    monkeypatch.setattr(EnsemblePredictor, "_predict_batch", flaky)
+    got = list(predict(paths, models, ens, config, progress=False))
+    _assert_same_outputs(expected, got)
+    assert calls == [4, 2, 2, 1]  # 5 images at batch 4: split once, the last batch of 1 as is
+
+
+def test_out_of_memory_on_one_image_halves_the_mask_chunk_then_stops_with_one_error(
+    mixed_dir: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kernel_lib.model import MASK_ROI_CHUNK, MIN_MASK_ROI_CHUNK
+
+    models = load_models(mixed_dir, _ensemble(), CPU)[:1]
+    ens = _ensemble("wmf", tta=("identity",))
+    item = ImageDataset(_test_images(data_dir, 1), [(MIN_SIZE, MAX_SIZE, "none")], ens)[0]
+    predictor = EnsemblePredictor(models, ens, CPU)
+    chunks: list[int] = []
+
+    def always(self: EnsemblePredictor, items: list) -> list:
+        chunks.append(self.mask_roi_chunk)
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(EnsemblePredictor, "_predict_batch", always)
+    with pytest.raises(ValueError, match=r"out of memory on one image \(7ae19de7bc2a\).*expected the ensemble"):
+        predictor.predict_batch([item])
+    halvings = (MASK_ROI_CHUNK // MIN_MASK_ROI_CHUNK).bit_length()
+    assert chunks == [MASK_ROI_CHUNK >> k for k in range(halvings)] and chunks[-1] == MIN_MASK_ROI_CHUNK
+
+
 # ------------------------------------------------------------------ inference
 
 

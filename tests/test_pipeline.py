@@ -240,3 +240,36 @@ def test_tiny_time_budget_degrades_the_remaining_images_and_stays_valid(
     assert sorted(result.predictions) == sorted(ids)
     assert validate_submission(out, sample) == []
     assert set(pd.read_csv(out, dtype=str, keep_default_na=False)["id"]) == set(ids)
+
+
+def test_two_devices_and_an_out_of_memory_split_write_the_same_submission(
+    demo_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA-only branches on the CPU, through the notebook's one call: two devices
+    faked as [cpu, cpu] (a replica per model, batches dealt in turn), and an injected
+    out-of-memory error on every batch of 2 (split, run again): the same submission."""
+    import torch
+
+    import kernel_lib.model as model_module
+    from kernel_lib.pipeline import run_inference
+
+    config = _config("roi")
+    sample = data_dir / "sample_submission.csv"
+    plain = run_inference(data_dir / "test", demo_dir, tmp_path / "plain.csv", config, sample, progress=False)
+    assert plain.n_instances > 0
+
+    monkeypatch.setattr(model_module, "_devices", lambda models, inference: [torch.device("cpu")] * 2)
+    sizes: list[int] = []
+    original = model_module.EnsemblePredictor._predict_batch
+
+    def flaky(self: model_module.EnsemblePredictor, items: list) -> list:
+        sizes.append(len(items))
+        if len(items) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (injected)")
+        return original(self, items)
+
+    monkeypatch.setattr(model_module.EnsemblePredictor, "_predict_batch", flaky)
+    split = run_inference(data_dir / "test", demo_dir, tmp_path / "split.csv", config, sample, progress=False)
+    assert sorted(sizes) == [1, 1, 1, 2]  # 3 images at batch 2: the first batch split, the second one image
+    assert (tmp_path / "split.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+    assert split.n_instances == plain.n_instances
