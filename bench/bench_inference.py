@@ -27,7 +27,9 @@ Usage::
     .venv/bin/python bench/bench_inference.py [--images 4] [--folds 5] [--tta identity,hflip]
         [--device auto|cpu|cuda] [--models DIR] [--config FILE] [--data DIR] [--min-size 800] [--json OUT]
 
-On a GPU use more images (e.g. ``--images 40``); ``--no-half`` for float32. ``--models
+On a GPU use more images (e.g. ``--images 40``); ``--no-half`` for float32 only, ``--fp32``
+for a float32 row beside the default one; ``--t4-like`` for a T4-like run on a larger GPU
+(4 CPU threads, TF32 off, GPU memory capped at 14.5 GiB). ``--models
 models/r50-narrow --config models/r50-narrow/best_config.json`` times the shipped folds
 with their shipped pipeline (``--folds K``: the first K of them). ``--data DIR`` takes the
 images from ``DIR/train/`` (an annotated pack) or ``DIR`` itself and stops when it holds
@@ -204,6 +206,45 @@ class Baseline:
         return rles
 
 
+# ------------------------------------------------------------------ T4-like
+
+
+T4_THREADS = 4
+"""CPU threads of a Kaggle "GPU T4 x2" session (4 vCPUs)."""
+T4_MEMORY_GIB = 14.5
+"""GPU memory of a 16 GB T4 left to the process (15.1 GiB usable, minus the CUDA context)."""
+
+
+def t4_like_settings(device: str) -> dict[str, Any]:
+    """Make this process T4-like: :data:`T4_THREADS` torch threads, TF32 off (a T4,
+    capability 7.5, has none), and on CUDA every GPU's memory capped at
+    :data:`T4_MEMORY_GIB` (``torch.cuda.set_per_process_memory_fraction``). Returns
+    what was set.
+
+    Raises:
+        ValueError: the GPU has less memory than the cap.
+    """
+    import torch
+
+    torch.set_num_threads(T4_THREADS)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    settings: dict[str, Any] = {"threads": T4_THREADS, "tf32": False, "memory_cap_gib": None}
+    if device.startswith("cuda"):
+        fractions = []
+        for k in range(torch.cuda.device_count()):
+            total = torch.cuda.get_device_properties(k).total_memory
+            if total < T4_MEMORY_GIB * 2**30:
+                raise ValueError(
+                    f"--t4-like: GPU {k} has {total / 2**30:.1f} GiB, expected at least the {T4_MEMORY_GIB} GiB cap"
+                )
+            fraction = T4_MEMORY_GIB * 2**30 / total
+            torch.cuda.set_per_process_memory_fraction(fraction, k)
+            fractions.append(fraction)
+        settings.update(memory_cap_gib=T4_MEMORY_GIB, memory_fraction=fractions)
+    return settings
+
+
 # ------------------------------------------------------------------ run
 
 
@@ -238,9 +279,17 @@ def main() -> int:
         "--agreeing", action="store_true", help="demo folds that agree: K copies of one random init (default: K seeds)"
     )
     parser.add_argument(
+        "--fp32",
         "--cpu-fp32",
+        dest="fp32",
         action="store_true",
-        help="on the CPU, also time the bundle in float32 (the default config uses bfloat16 where the CPU has AMX)",
+        help="also time the bundle in float32 (row bundle_fp32): half off on CUDA, bfloat16 off on the CPU",
+    )
+    parser.add_argument(
+        "--t4-like",
+        action="store_true",
+        help=f"a T4-like run on a larger GPU: {T4_THREADS} CPU threads, TF32 off, GPU memory capped at "
+        f"{T4_MEMORY_GIB} GiB (torch.cuda.set_per_process_memory_fraction)",
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -261,9 +310,10 @@ def main() -> int:
     if args.tta or not args.config:
         ensemble = dataclasses.replace(ensemble, tta=tuple((args.tta or "identity,hflip").split(",")))
     cfg = Config(postprocess=loaded.postprocess, ensemble=ensemble, inference=inference)
+    t4_like = t4_like_settings(device) if args.t4_like else None
     variants = {"bundle": cfg}
-    if args.cpu_fp32 and not device.startswith("cuda"):
-        variants["bundle_fp32"] = cfg.replace(inference=dataclasses.replace(inference, cpu_bf16=False))
+    if args.fp32:
+        variants["bundle_fp32"] = cfg.replace(inference=dataclasses.replace(inference, half=False, cpu_bf16=False))
     work = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     images = pick_images(args.images + 1, args.data)
     models_dir = args.models
@@ -304,6 +354,7 @@ def main() -> int:
         "min_size_test": args.min_size if args.models is None else "from the model configs",
         "demo_folds": None if args.models else ("copies of one random init" if args.agreeing else "independent seeds"),
         "inference": dataclasses.asdict(inference),
+        "t4_like": t4_like,
     }
     print(f"machine: {report['machine']}")
     print(f"{len(names)} folds x {len(cfg.ensemble.tta)} views, {n} images (+1 warm-up), {inference}")

@@ -15,23 +15,31 @@ the next one still runs):
 2. ``cuda_tests``: the tests marked ``gpu`` (they skip without CUDA).
 3. ``bench_inference``: ``bench/bench_inference.py`` on the shipped folds
    (``--models``, default ``models/r50-narrow``, with their ``best_config.json``: WMF,
-   identity + hflip) and 40 images of ``--data`` (bundle with fp16 vs the public
-   DefaultPredictor loop); the step fails unless all 40 (and the 5 folds) ran.
-4. ``memory``: peak GPU memory of ``run_inference`` (the same folds and config, fp16) per
+   identity + hflip) and 40 images of ``--data`` (the bundle in fp16 and in float32,
+   ``--fp32``, vs the public DefaultPredictor loop); the step fails unless all 40 (and
+   the 5 folds) ran.
+4. ``t4_like``: the same on 20 images as a T4 would run it (``--t4-like``: 4 CPU threads,
+   TF32 off, GPU memory capped at 14.5 GiB), fp16 and float32, no baseline.
+5. ``memory``: peak GPU memory of ``run_inference`` (the same folds and config, fp16) per
    batch size on images of ``--data`` (each batch size gets that many images, checked),
-   and the largest batch size whose peak fits a 16 GB T4 (``T4_BUDGET_GIB``).
-5. ``train``: ``python -m kernel_lib train --arch R50-narrow`` (from scratch) fold after
-   fold while the next one is projected to fit before the deadline; each fold's
+   and the largest batch size whose peak fits a 16 GB T4 (``T4_BUDGET_GIB``) without
+   an out-of-memory split (``kernel_lib.model`` splits such a batch and says so).
+6. ``train``: ``python -m kernel_lib train --arch R50-narrow`` (from scratch, the shipped
+   folds' recipe: crops of 256, per-image normalisation; 200 iterations at batch 8) fold
+   after fold while the next one is projected to fit before the deadline; each fold's
    ``model_final.pth`` (<= 12 MiB) is copied to ``$OUT/fold<K>_model_final.pth`` and its
    config.yaml and meta.json go into the results JSON.
 
-``--device cpu --quick`` runs the same steps at toy sizes (1 image and the first shipped
+``--stage-data PACK`` writes the pack the device call carries (``build/gpu_data/
+sartorius-mini``: 64 annotated images); ``--dry-run`` measures the upload (tree + carries
+<= 60 MiB of the device's 64) and runs ``--quick`` in a copy of exactly that, with no
+``../shared`` beside it. ``--device cpu --quick`` runs the same steps at toy sizes (1 image and the first shipped
 fold, identity view; 2 training iterations) so that a CPU test covers the whole script. At most 8 files come back from
 the GPU machine: the results JSON, the log and up to 6 fold weights.
 
 Usage::
 
-    bash bench/gpu_check.sh --device cuda [--bundle build/kaggle-dataset] [--data gpu_data/sartorius-mini]
+    bash bench/gpu_check.sh --device cuda [--bundle build/kaggle-dataset] [--data build/gpu_data/sartorius-mini]
         [--models models/r50-narrow]
     .venv/bin/python bench/gpu_check.py --device cpu --quick --out /tmp/gpu-check
 """
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -59,6 +68,7 @@ NOTEBOOK = ROOT / "notebooks" / "sartorius-inference.ipynb"
 SHIPPED = ROOT / "models" / "r50-narrow"
 """The fold models the check times (with their best_config.json) unless --models says otherwise."""
 BENCH_IMAGES = 40
+T4_IMAGES = 20
 MEMORY_BATCHES = (1, 2, 4, 8, 16)
 BUNDLE_NAME = "sartorius-offline-bundle"
 HIDDEN = ("detectron2", "sal_detectron2", "kernel_lib", "__editable__")
@@ -67,6 +77,11 @@ T4_BUDGET_GIB = 14.5
 """Peak reserved GPU memory that fits a 16 GB T4 (15.1 GiB usable, minus CUDA context)."""
 MAX_WEIGHT_BYTES = 12 * 2**20
 MAX_FOLD_FILES = 6
+TRAIN_ITERS = 200
+"""Iterations per fold of the train step (the shipped recipe took 3,000 at batch 4)."""
+DEADLINE_S = 270.0
+"""The check's default length: with the machine's start (minutes) and a 330 s call limit,
+a second run still fits the 15 minutes of device time a session has."""
 RESERVE_S = 20.0
 """Seconds kept free before the deadline for writing the results."""
 
@@ -188,19 +203,37 @@ def _pipeline_args(check: Check) -> list[str]:
     return args
 
 
-def bench_inference(check: Check) -> dict[str, Any]:
-    target = check.work / "bench_inference.json"
-    images, folds = (1, 1) if check.quick else (BENCH_IMAGES, 5)
+def _bench(check: Check, name: str, images: int, options: list[str], share: float) -> dict[str, Any]:
+    """bench/bench_inference.py on the shipped folds (all 5; the first with --quick) and
+    ``images`` images of --data, with a float32 row (``--fp32``) beside the default fp16."""
+    target = check.work / f"{name}.json"
+    images, folds = (1, 1) if check.quick else (images, 5)
     sizes = ["--images", str(images), "--folds", str(folds)] + (["--tta", "identity"] if check.quick else [])
     cmd = [check.python, "bench/bench_inference.py", "--device", check.device, *_pipeline_args(check), *sizes,
-           "--json", str(target)]  # fmt: skip
-    check.run("bench_inference", cmd, timeout=check.left() * (0.9 if check.quick else 0.4))
+           "--fp32", *options, "--json", str(target)]  # fmt: skip
+    check.run(name, cmd, timeout=check.left() * (0.9 if check.quick else share))
     found = json.loads(target.read_text())
     if found.get("images") != images or found.get("folds") != folds:
         raise ValueError(
-            f"bench_inference: ran {found.get('images')} images x {found.get('folds')} folds, asked for "
+            f"{name}: ran {found.get('images')} images x {found.get('folds')} folds, asked for "
             f"{images} x {folds} (--data {check.data})"
         )
+    if "bundle_fp32" not in found:
+        raise ValueError(f"{name}: expected a bundle_fp32 row (--fp32), got {sorted(found)}")
+    return found
+
+
+def bench_inference(check: Check) -> dict[str, Any]:
+    """The shipped pipeline in fp16 and in float32 against the public DefaultPredictor loop."""
+    return _bench(check, "bench_inference", BENCH_IMAGES, [], 0.35)
+
+
+def t4_like(check: Check) -> dict[str, Any]:
+    """The same on fewer images as a T4 would run it: 4 CPU threads, TF32 off, GPU
+    memory capped at 14.5 GiB (bench_inference.py --t4-like); no baseline."""
+    found = _bench(check, "t4_like", T4_IMAGES, ["--t4-like", "--skip-baseline"], 0.3)
+    if not found.get("t4_like"):
+        raise ValueError(f"t4_like: expected the T4-like settings in the report, got {found.get('t4_like')!r}")
     return found
 
 
@@ -256,24 +289,41 @@ def probe_memory(device: str, quick: bool, work: Path, models: Path, data: Path,
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+        splits = _OomSplits()
+        logging.getLogger("kernel_lib.model").addHandler(splits)
         try:
             result = run_inference(test, models, work / f"memory_{batch}.csv", run_cfg, progress=False)
-        except torch.cuda.OutOfMemoryError:
-            rows.append({"batch_size": batch, "oom": True})
+        except ValueError as err:  # out of memory on one image (kernel_lib.model splits batches first)
+            rows.append({"batch_size": batch, "oom": True, "error": str(err), "splits": splits.messages})
             break
+        finally:
+            logging.getLogger("kernel_lib.model").removeHandler(splits)
         if result.n_images != batch:
             raise ValueError(f"memory: batch size {batch} predicted {result.n_images} images")
         row: dict[str, Any] = {"batch_size": batch, "images": result.n_images, "seconds": time.perf_counter() - start}
+        row["splits"] = splits.messages  # a batch that ran out of memory and was split: it does not fit
         row["s_per_image"] = result.timings["inference"] / result.n_images
         if cuda:
             row["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
             row["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
         rows.append(row)
-    fits = [r["batch_size"] for r in rows if r.get("peak_reserved_gib", 1e9) <= T4_BUDGET_GIB]
+    fits = [r["batch_size"] for r in rows if r.get("peak_reserved_gib", 1e9) <= T4_BUDGET_GIB and not r["splits"]]
     return {"models": str(models), "folds": [name for name, _ in listed], "config": str(config) if config else None,
             "method": cfg.ensemble.method, "tta": list(cfg.ensemble.tta), "half": True, "data": str(folder),
             "rows": rows, "t4_budget_gib": T4_BUDGET_GIB,
             "largest_batch_fitting_t4": max(fits) if fits else None}  # fmt: skip
+
+
+class _OomSplits(logging.Handler):
+    """Collects kernel_lib.model's out-of-memory warnings (a batch split, a chunk halved)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "out of memory" in record.getMessage():
+            self.messages.append(record.getMessage())
 
 
 def train(check: Check) -> dict[str, Any]:
@@ -283,8 +333,10 @@ def train(check: Check) -> dict[str, Any]:
     check.run("folds", [*kernel, "folds", "--truth", str(check.data / "train.csv"), "--out", str(folds_csv),
                         "--n-folds", str(max(n_folds, 2))], cwd=check.work)  # fmt: skip
     options = ["--iters", "2", "--max-images", "4", "--no-heldout", "--workers", "0"] if check.quick else []
-    if not check.quick:
-        options = ["--iters", "600", "--batch", "8", "--workers", "4"]
+    if not check.quick:  # the shipped folds' recipe (docs/benchmarks.md), fewer iterations: a fold in ~1 minute
+        options = ["--iters", str(TRAIN_ITERS), "--batch", "8", "--lr", "0.02", "--min-sizes", "480,520,560",
+                   "--max-size", "1000", "--test-size", "520", "--crop", "256", "--normalization", "per_image",
+                   "--workers", "4"]  # fmt: skip
     models = check.work / "models"
     done: list[dict[str, Any]] = []
     last = 0.0
@@ -313,9 +365,135 @@ STEPS: dict[str, Callable[[Check], dict[str, Any]]] = {
     "install": install,
     "cuda_tests": cuda_tests,
     "bench_inference": bench_inference,
+    "t4_like": t4_like,
     "memory": memory,
     "train": train,
 }
+
+
+# ------------------------------------------------------------------------ dry run
+
+
+DEVICE_UPLOAD_BYTES = 64 * 2**20
+"""What one device call uploads at most: the working tree (tracked files and untracked
+ones git does not ignore) plus the carried paths."""
+UPLOAD_ROOM_BYTES = 4 * 2**20
+"""Room the dry run asks to be left under :data:`DEVICE_UPLOAD_BYTES`."""
+CARRY_BUNDLE = "build/kaggle-dataset"
+CARRY_DATA = "build/gpu_data/sartorius-mini"
+CARRIES = (CARRY_BUNDLE, "build/gpu_data")
+"""The device call's carry list (both under build/, which .gitignore ignores)."""
+STAGE_IMAGES = 64
+"""Images of the pack :func:`stage_data` carries (the check needs 41 at most at once)."""
+
+
+def tree_files(root: Path = ROOT) -> list[str]:
+    """The working tree a device call copies: tracked files and untracked files that git
+    does not ignore, relative to ``root`` (a tracked file deleted here is not copied)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    names = sorted({name for name in out.split("\0") if name})
+    return [name for name in names if (root / name).is_file() or (root / name).is_symlink()]
+
+
+def _bytes_under(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def upload_size(bundle: Path, data: Path, root: Path = ROOT) -> dict[str, Any]:
+    """Bytes one device call uploads: the tree plus the bundle and the pack carried.
+
+    Raises:
+        ValueError: over :data:`DEVICE_UPLOAD_BYTES` less :data:`UPLOAD_ROOM_BYTES`.
+    """
+    files = tree_files(root)
+    tree = sum((root / f).lstat().st_size for f in files)
+    carried = {CARRY_BUNDLE: _bytes_under(bundle), CARRY_DATA: _bytes_under(data)}
+    total = tree + sum(carried.values())
+    found = {"tree_files": len(files), "tree_bytes": tree, "carries_bytes": carried, "total_bytes": total,
+             "limit_bytes": DEVICE_UPLOAD_BYTES, "room_bytes": DEVICE_UPLOAD_BYTES - total,
+             "total_mib": round(total / 2**20, 1)}  # fmt: skip
+    if total > DEVICE_UPLOAD_BYTES - UPLOAD_ROOM_BYTES:
+        parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in carried.items())
+        allowed = (DEVICE_UPLOAD_BYTES - UPLOAD_ROOM_BYTES) // 2**20
+        raise ValueError(
+            f"upload: the tree ({tree / 2**20:.1f} MiB) and the carries ({parts}) come to {total / 2**20:.1f} MiB; "
+            f"expected at most {allowed} MiB (the device's {DEVICE_UPLOAD_BYTES // 2**20} MiB less "
+            f"{UPLOAD_ROOM_BYTES // 2**20} MiB of room)"
+        )
+    return found
+
+
+def stage_data(source: Path, target: Path, n: int = STAGE_IMAGES) -> dict[str, Any]:
+    """Write the pack the device call carries: the first ``n`` annotated images of
+    ``source`` (by id) and their train.csv rows, to ``target`` (replaced).
+
+    Raises:
+        ValueError: ``source`` is no annotated pack, holds fewer than ``n`` annotated
+            images, or the pick misses a cell type.
+    """
+    import pandas as pd
+
+    truth = source / "train.csv"
+    if not truth.is_file() or not (source / "train").is_dir():
+        raise ValueError(f"--stage-data {source}: expected an annotated pack (train.csv, train/), got none")
+    rows = pd.read_csv(truth, dtype=str, keep_default_na=False)
+    ids = sorted(i for i in rows["id"].unique() if (source / "train" / f"{i}.png").is_file())
+    if len(ids) < n:
+        raise ValueError(f"--stage-data {source}: expected at least {n} annotated images, got {len(ids)}")
+    picked = rows[rows["id"].isin(ids[:n])]
+    types = sorted(picked["cell_type"].unique())
+    if len(types) < 3:
+        raise ValueError(f"--stage-data {source}: the first {n} images hold cell types {types}, expected all three")
+    if target.exists():
+        shutil.rmtree(target)
+    (target / "train").mkdir(parents=True)
+    picked.to_csv(target / "train.csv", index=False)
+    for image_id in ids[:n]:
+        shutil.copy2(source / "train" / f"{image_id}.png", target / "train" / f"{image_id}.png")
+    return {"images": n, "rows": len(picked), "cell_types": types, "bytes": _bytes_under(target)}
+
+
+def dry_run(bundle: Path, data: Path, out: Path, deadline: float, python: str = sys.executable) -> int:
+    """What the device call does, here: the upload measured (:func:`upload_size`), the
+    tree and carries copied to a folder with no ``../shared`` beside it (as on the
+    device), and the check run there on the CPU at toy sizes (``--quick``) with the
+    carried pack and bundle. The results JSON gets an ``upload`` record. Returns the
+    check's exit status.
+
+    Raises:
+        ValueError: a carry missing, or the upload over the limit.
+    """
+    for path, how in ((bundle, "run `.venv/bin/python build_dataset.py`"),
+                      (data, "run `bash bench/gpu_check.sh --stage-data ../shared/data/sartorius-mini`")):  # fmt: skip
+        if not path.is_dir():
+            raise ValueError(f"dry run: expected the carried folder {path}, found none; {how}")
+    if not (data / "train.csv").is_file():
+        raise ValueError(f"dry run: expected an annotated pack in {data} (train.csv, train/), got no train.csv")
+    sizes = upload_size(bundle, data)
+    print(f"upload: {sizes['total_mib']} MiB of {DEVICE_UPLOAD_BYTES // 2**20} MiB "
+          f"(tree {sizes['tree_bytes'] / 2**20:.1f} MiB, {sizes['tree_files']} files)", flush=True)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_device_") as tmp:
+        copy = Path(tmp) / ROOT.name  # nothing beside it: ../shared is hidden as on the device
+        for name in tree_files():
+            target = copy / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target, follow_symlinks=False)
+        shutil.copytree(bundle, copy / CARRY_BUNDLE, symlinks=False)
+        shutil.copytree(data, copy / CARRY_DATA, symlinks=False)
+        env = {k: v for k, v in os.environ.items() if k not in ("SARTORIUS_DATA", "OUT")}
+        cmd = [python, "bench/gpu_check.py", "--device", "cpu", "--quick", "--data", CARRY_DATA,
+               "--bundle", CARRY_BUNDLE, "--out", str(out), "--deadline", str(deadline)]  # fmt: skip
+        print(f"dry run in {copy}: {' '.join(cmd)}", flush=True)
+        code = subprocess.run(cmd, cwd=copy, env=env).returncode
+    results_path = out / "gpu_check.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {"steps": {}}
+    results["upload"] = sizes
+    results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return code
 
 
 # ------------------------------------------------------------------------ main
@@ -356,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data",
         type=Path,
-        help="annotated pack (train.csv, train/); default gpu_data/sartorius-mini, ../shared/data/sartorius-mini, "
+        help=f"annotated pack (train.csv, train/); default {CARRY_DATA}, ../shared/data/sartorius-mini, "
         "then tests/data (always tests/data with --quick)",
     )
     parser.add_argument(
@@ -364,25 +542,60 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="results folder (default $OUT, else a temp folder)")
-    parser.add_argument("--deadline", type=float, default=510.0, help="seconds the whole check may take (default 510)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEADLINE_S,
+        help=f"seconds the whole check may take (default {DEADLINE_S:.0f}: one device call of 5 minutes, twice "
+        "within the 15 minutes a session has)",
+    )
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=f"here, before the device call: measure the upload (tree + {CARRY_BUNDLE} + {CARRY_DATA}, "
+        f"<= {(DEVICE_UPLOAD_BYTES - UPLOAD_ROOM_BYTES) // 2**20} MiB) and run every step at toy sizes on a copy "
+        "of it with no ../shared beside it (--bundle, --data: the folders carried)",
+    )
+    parser.add_argument(
+        "--stage-data",
+        type=Path,
+        metavar="PACK",
+        help=f"write {CARRY_DATA} (carried to the device): the first {STAGE_IMAGES} annotated images of PACK",
+    )
     parser.add_argument("--probe-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe_memory:
         print(json.dumps(probe_memory(args.device, args.quick, args.work, args.models, args.data, args.config)))
         return 0
+    if args.stage_data:
+        try:
+            staged = stage_data(args.stage_data, ROOT / CARRY_DATA)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"staged {ROOT / CARRY_DATA}: {json.dumps(staged)}")
+        return 0
     out = args.out or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu_check_out_"))
+    if args.dry_run:
+        try:
+            code = dry_run(args.bundle, args.data or ROOT / CARRY_DATA, out, args.deadline)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"dry run: {out / 'gpu_check.json'}; exit {code}")
+        return code
     out.mkdir(parents=True, exist_ok=True)
     data = args.data or next(
-        p for p in (ROOT / "gpu_data" / "sartorius-mini", ROOT.parent / "shared" / "data" / "sartorius-mini",
+        p for p in (ROOT / CARRY_DATA, ROOT.parent / "shared" / "data" / "sartorius-mini",
                     ROOT / "tests" / "data") if (p / "train.csv").is_file()
     )  # fmt: skip
     if args.quick and args.data is None:
         data = ROOT / "tests" / "data"
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
-        check = Check(
-            args.device, args.quick, Path(work), out, args.bundle, data, time.monotonic() + args.deadline, args.models
-        )
+        # absolute: the folds and train steps run in the work folder (a relative --data failed there)
+        check = Check(args.device, args.quick, Path(work), out.resolve(), args.bundle.resolve(), data.resolve(),
+                      time.monotonic() + args.deadline, args.models.resolve())  # fmt: skip
         check.log(f"gpu check: device {args.device}{' (quick)' if args.quick else ''}, out {out}, data {data}")
         results = run_check(check)
     failed = [name for name, step in results["steps"].items() if step["status"] != "ok"]
