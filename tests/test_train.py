@@ -569,17 +569,10 @@ def _stage_bootstrap(kaggle_input: Path) -> None:
     shutil.copy(Path(__file__).resolve().parents[1] / "kernel_lib" / "bootstrap.py", bundle / "kernel_lib_bootstrap.py")
 
 
-@pytest.mark.slow
-def test_training_notebook_runs_on_a_kaggle_like_tree(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Cells 1-5 on the shipped sample: folds written, fold 0 trained (2 iterations), a
-    model folder the pipeline loads, models.json and dataset-metadata.json beside it."""
-    from nbclient import NotebookClient
-
-    pipeline = pytest.importorskip("kernel_lib.pipeline")
-    import nbformat
-
+def _notebook_tree(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Path:
+    """A Kaggle-like input (the competition's train/ and train.csv, the bundle's bootstrap)
+    and the notebook's parameters for a tiny CPU run (fold 0, 2 iterations) plus ``env``;
+    returns the working folder."""
     competition = tmp_path / "input" / COMPETITION
     competition.mkdir(parents=True)
     shutil.copytree(data_dir / "train", competition / "train")
@@ -597,8 +590,24 @@ def test_training_notebook_runs_on_a_kaggle_like_tree(
         "TRAIN_ITERS": "2",
         "TRAIN_BATCH_PER_GPU": "2",
         "TRAIN_EXTRA_ARGS": f"{tiny} --eval-config {eval_config}",
+        **env,
     }.items():
         monkeypatch.setenv(name, value)
+    return working
+
+
+@pytest.mark.slow
+def test_training_notebook_runs_on_a_kaggle_like_tree(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells 1-5 on the shipped sample: folds written, fold 0 trained (2 iterations), a
+    model folder the pipeline loads, models.json and dataset-metadata.json beside it."""
+    from nbclient import NotebookClient
+
+    pipeline = pytest.importorskip("kernel_lib.pipeline")
+    import nbformat
+
+    working = _notebook_tree(data_dir, tmp_path, monkeypatch)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(working)}}
@@ -630,32 +639,19 @@ def test_training_notebook_runs_every_stage_and_resumes(
 
     from kernel_lib.testing import write_livecell_standin
 
+    working = _notebook_tree(
+        data_dir,
+        tmp_path,
+        monkeypatch,
+        TRAIN_PRETRAIN_ITERS="2",
+        TRAIN_PSEUDO_ROUNDS="1",
+        TRAIN_PSEUDO_MIN_SCORE="0.0",  # two iterations score little: keep whatever they find
+    )
     competition = tmp_path / "input" / COMPETITION
-    competition.mkdir(parents=True)
-    shutil.copytree(data_dir / "train", competition / "train")
-    shutil.copy(data_dir / "train.csv", competition / "train.csv")
-    _stage_bootstrap(tmp_path / "input")
     write_livecell_standin(data_dir, competition / "LIVECell_dataset_2021", ["0f08d640930b", "e9edcd9483e4"])
     (competition / "train_semi_supervised").mkdir()
     for image in sorted((data_dir / "test").glob("*.png"))[:2]:
         shutil.copy(image, competition / "train_semi_supervised")
-    working = tmp_path / "working"
-    working.mkdir()
-    eval_config = tmp_path / "eval.json"
-    Config(ensemble=EnsembleConfig(tta=("identity",), detections_per_image=50)).to_json(eval_config)
-    tiny = "--min-sizes 96 --max-size 160 --test-size 96 --workers 0 --set MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32"
-    for name, value in {
-        "KAGGLE_INPUT": str(tmp_path / "input"),
-        "KAGGLE_WORKING": str(working),
-        "TRAIN_FOLDS": "0",
-        "TRAIN_ITERS": "2",
-        "TRAIN_BATCH_PER_GPU": "2",
-        "TRAIN_EXTRA_ARGS": f"{tiny} --eval-config {eval_config}",
-        "TRAIN_PRETRAIN_ITERS": "2",
-        "TRAIN_PSEUDO_ROUNDS": "1",
-        "TRAIN_PSEUDO_MIN_SCORE": "0.0",  # two iterations score little: keep whatever they find
-    }.items():
-        monkeypatch.setenv(name, value)
 
     def run() -> None:
         notebook = nbformat.read(NOTEBOOK, as_version=4)
