@@ -38,7 +38,7 @@ import functools
 import logging
 import re
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -202,25 +202,44 @@ class Float32ROIAlign(torch.nn.Module):
         )
 
 
-def use_float32_roi_align(model: torch.nn.Module) -> int:
-    """Swap every detectron2 ``ROIAlign`` in ``model``'s poolers (box and mask heads, each
-    FPN level, cascade stages) for a :class:`Float32ROIAlign` of the same settings.
+def replace_pooler_levels(model: torch.nn.Module, replace: Callable[[torch.nn.Module], torch.nn.Module | None]) -> int:
+    """Swap levels of every RoI pooler in ``model`` (detectron2's ``level_poolers``: box and
+    mask heads, each FPN level, cascade stages) for what ``replace(level)`` returns; a level
+    it returns None for stays. A DistributedDataParallel wrapper is looked through.
 
     Returns:
-        how many were swapped.
+        how many levels were swapped.
     """
-    from detectron2.layers import ROIAlign
-
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     swapped = 0
     for module in model.modules():
         levels = getattr(module, "level_poolers", None)
         if not isinstance(levels, torch.nn.ModuleList):
             continue
         for k, level in enumerate(levels):
-            if type(level) is ROIAlign:
-                levels[k] = Float32ROIAlign(level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned)
+            new = replace(level)
+            if new is not None:
+                levels[k] = new
                 swapped += 1
     return swapped
+
+
+def use_float32_roi_align(model: torch.nn.Module) -> int:
+    """Swap every detectron2 ``ROIAlign`` in ``model``'s poolers for a
+    :class:`Float32ROIAlign` of the same settings (:func:`replace_pooler_levels`).
+
+    Returns:
+        how many were swapped.
+    """
+    from detectron2.layers import ROIAlign
+
+    def replace(level: torch.nn.Module) -> torch.nn.Module | None:
+        if type(level) is not ROIAlign:
+            return None
+        return Float32ROIAlign(level.output_size, level.spatial_scale, level.sampling_ratio, level.aligned)
+
+    return replace_pooler_levels(model, replace)
 
 
 def resolve_device(name: str) -> torch.device:

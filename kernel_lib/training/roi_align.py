@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from kernel_lib.model import replace_pooler_levels
+
 
 class _SparseGather(torch.autograd.Function):
     """``out = S @ x`` with a fixed sparse ``S``; the gradient is ``S^T @ grad``."""
@@ -121,17 +123,12 @@ def use_sparse_roi_align(model: torch.nn.Module) -> int:
     Returns:
         The number of levels swapped (0 when the model's poolers do not qualify).
     """
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    swapped = 0
-    for module in model.modules():
-        levels = getattr(module, "level_poolers", None)
-        if not isinstance(levels, torch.nn.ModuleList):
-            continue
-        for i, level in enumerate(levels):
-            ratio = getattr(level, "sampling_ratio", 0)
-            if type(level).__name__ == "ROIAlign" and getattr(level, "aligned", False) and ratio > 0:
-                size = level.output_size if isinstance(level.output_size, tuple) else (level.output_size,) * 2
-                levels[i] = SparseROIAlign(size, level.spatial_scale, ratio)
-                swapped += 1
-    return swapped
+
+    def replace(level: torch.nn.Module) -> torch.nn.Module | None:
+        ratio = getattr(level, "sampling_ratio", 0)
+        if type(level).__name__ != "ROIAlign" or not getattr(level, "aligned", False) or ratio <= 0:
+            return None
+        size = level.output_size if isinstance(level.output_size, tuple) else (level.output_size,) * 2
+        return SparseROIAlign(size, level.spatial_scale, ratio)
+
+    return replace_pooler_levels(model, replace)
