@@ -199,18 +199,25 @@ class PostprocessConfig:
             0 keeps any remainder; 0.8 drops a mask with more than 20% already taken.
         mask_threshold: soft-mask probability at which a pixel belongs to the mask;
             range (0, 1).
+        rescore: per cell type, the exponent ``a`` of the instance's mask confidence in
+            its score before the thresholds: score * confidence ** a, the confidence
+            being the mean mask probability inside the mask
+            (:func:`kernel_lib.soft.mask_confidence`; 1st place's rescoring is a = 1);
+            range [0, 4]; 0 (default) leaves the score as the models gave it.
     """
 
     score_threshold: PerType = (0.15, 0.35, 0.55)
     min_area: PerType = (75, 150, 75)
     min_kept_fraction: PerType = (0.0, 0.0, 0.0)
     mask_threshold: float = 0.5
+    rescore: PerType = (0.0, 0.0, 0.0)
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check_per_type("score_threshold", self.score_threshold, 0.0, 1.0)
         _check_per_type("min_area", self.min_area, 0, IMAGE_HEIGHT * IMAGE_WIDTH)
         _check_per_type("min_kept_fraction", self.min_kept_fraction, 0.0, 1.0)
+        _check_per_type("rescore", self.rescore, 0.0, 4.0)
         if not 0.0 < self.mask_threshold < 1.0:
             raise ValueError(f"mask_threshold: expected a value in (0, 1), got {self.mask_threshold!r}")
 

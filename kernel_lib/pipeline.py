@@ -28,7 +28,7 @@ from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
 from kernel_lib.postprocess import Postprocessed, postprocess
 from kernel_lib.rle import rle_encode_crops
-from kernel_lib.soft import SoftInstances, ViewOutputs, paste
+from kernel_lib.soft import SoftInstances, ViewOutputs, mask_confidence, paste
 from kernel_lib.submission import read_csv_columns, validate_submission, write_submission
 
 if TYPE_CHECKING:
@@ -112,14 +112,16 @@ def fuse_outputs(out: ViewOutputs, config: Config) -> SoftInstances:
 
 def finalize(inst: SoftInstances, grey_shape: tuple[int, int], pp: PostprocessConfig) -> Postprocessed:
     """Soft instances -> hard, disjoint masks: paste once at ``pp.mask_threshold``, then
-    :func:`kernel_lib.postprocess.postprocess` (cell type, per-type thresholds, overlaps).
+    :func:`kernel_lib.postprocess.postprocess` (cell type, rescoring by mask confidence,
+    per-type thresholds, overlaps).
 
     Raises:
         ValueError: ``inst`` is of another frame than ``grey_shape``.
     """
     if tuple(inst.shape) != tuple(grey_shape):
         raise ValueError(f"finalize: instances are of a {inst.shape} frame, the image is {tuple(grey_shape)}")
-    return postprocess(paste(inst, pp.mask_threshold), inst.scores, inst.classes, pp)
+    confidence = mask_confidence(inst, pp.mask_threshold) if any(pp.rescore) else None
+    return postprocess(paste(inst, pp.mask_threshold), inst.scores, inst.classes, pp, confidence)
 
 
 @dataclass

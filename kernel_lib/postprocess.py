@@ -5,8 +5,10 @@ The steps, all configured per cell type by :class:`~kernel_lib.config.Postproces
 minimum areas (75, 150, 75) for shsy5y, astro, cort):
 
 1. the image's cell type is the majority of the predicted classes (:func:`image_cell_type`);
-2. instances scoring below that type's ``score_threshold`` are dropped;
-3. the rest claim pixels in descending score order (ties: input order): a mask loses
+2. with the instances' mask confidences given and that type's ``rescore`` exponent
+   ``a`` > 0, each score becomes score * confidence ** a (:func:`rescore`);
+3. instances scoring below that type's ``score_threshold`` are dropped;
+4. the rest claim pixels in descending score order (ties: input order): a mask loses
    the pixels already claimed by a kept mask; it is dropped when what remains is
    smaller than ``min_area`` or than ``min_kept_fraction`` of its own area (or is
    empty), and a dropped mask claims nothing.
@@ -24,7 +26,7 @@ import numpy as np
 from kernel_lib.config import CELL_TYPES, PostprocessConfig
 from kernel_lib.masks import CropMasks
 
-__all__ = ["Postprocessed", "image_cell_type", "postprocess", "remove_overlaps"]
+__all__ = ["Postprocessed", "image_cell_type", "postprocess", "remove_overlaps", "rescore"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Postprocessed:
 
     Attributes:
         masks: K disjoint, non-empty masks, in descending score order.
-        scores: (K,) float32 scores of the kept masks.
+        scores: (K,) float32 scores of the kept masks (rescored where the config says so).
         keep: (K,) int64 indices of the kept masks in the input.
         cell_type: the image's cell type, an index into :data:`~kernel_lib.config.CELL_TYPES`.
     """
@@ -67,6 +69,26 @@ def image_cell_type(classes: np.ndarray) -> int:
     if lo < 0 or hi >= len(CELL_TYPES):
         raise ValueError(f"image_cell_type: expected class ids in 0..{len(CELL_TYPES) - 1}, got {lo}..{hi}")
     return int(np.argmax(np.bincount(classes, minlength=len(CELL_TYPES))))
+
+
+def rescore(scores: np.ndarray, confidence: np.ndarray, exponent: float) -> np.ndarray:
+    """Scores weighed by mask confidence: ``scores * confidence ** exponent`` (float32).
+
+    Args:
+        scores: (N,) instance scores in [0, 1].
+        confidence: (N,) mean mask probability inside each mask, in [0, 1]
+            (:func:`kernel_lib.soft.mask_confidence`).
+        exponent: >= 0; 0 returns the scores unchanged.
+    """
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    confidence = np.asarray(confidence, np.float32).reshape(-1)
+    if confidence.size != scores.size:
+        raise ValueError(f"rescore: expected one confidence per score ({scores.size}), got {confidence.size}")
+    if exponent < 0:
+        raise ValueError(f"rescore: expected an exponent >= 0, got {exponent!r}")
+    if exponent == 0:
+        return scores
+    return (scores * np.clip(confidence, 0.0, 1.0) ** np.float32(exponent)).astype(np.float32)
 
 
 def remove_overlaps(
@@ -119,6 +141,7 @@ def postprocess(
     scores: np.ndarray,
     classes: np.ndarray,
     cfg: PostprocessConfig,
+    confidence: np.ndarray | None = None,
 ) -> Postprocessed:
     """Post-process one image's hard masks (see the module docstring for the steps).
 
@@ -127,6 +150,8 @@ def postprocess(
         scores: (N,) float scores.
         classes: (N,) int predicted classes (indices into CELL_TYPES).
         cfg: per-cell-type thresholds.
+        confidence: (N,) mean mask probability inside each mask, for ``cfg.rescore``;
+            None leaves the scores as they are whatever the config says.
 
     Returns:
         :class:`Postprocessed` with disjoint, non-empty masks in descending score order.
@@ -141,6 +166,8 @@ def postprocess(
             f"postprocess: expected {n} scores and classes (one per mask), got {scores.size} and {classes.size}"
         )
     cell_type = image_cell_type(classes)
+    if confidence is not None:
+        scores = rescore(scores, confidence, cfg.rescore[cell_type])
     candidates = np.flatnonzero(scores >= cfg.score_threshold[cell_type])
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
     kept_masks, keep = remove_overlaps(

@@ -222,6 +222,27 @@ def paste(inst: SoftInstances, threshold: float) -> CropMasks:
     return CropMasks(tuple(crops), out, inst.shape)
 
 
+def mask_confidence(inst: SoftInstances, threshold: float) -> np.ndarray:
+    """Each instance's mean mask probability over its own mask: the mean of the (M, M)
+    RoI probabilities at or above ``threshold`` (the cells that become mask pixels when
+    pasted), 0 for an instance with none. The grid stands in for the pasted pixels: every
+    cell covers an equal share of the box.
+
+    Args:
+        inst: N soft instances.
+        threshold: probability threshold in (0, 1) (``PostprocessConfig.mask_threshold``).
+
+    Returns:
+        (N,) float32 in [0, 1] (values >= ``threshold`` wherever a cell passes).
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"mask_confidence: expected a threshold in (0, 1), got {threshold!r}")
+    inside = inst.masks >= threshold
+    counts = inside.sum(axis=(1, 2))
+    sums = np.where(inside, inst.masks, 0.0).sum(axis=(1, 2))
+    return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32)
+
+
 def resample_to_boxes(inst: SoftInstances, boxes: np.ndarray) -> np.ndarray:
     """Soft masks of ``inst`` re-expressed on the (M, M) grids of other boxes.
 

@@ -41,8 +41,8 @@ import pandas as pd
 
 from kernel_lib.config import CELL_TYPES, IOU_THRESHOLDS, Config, PostprocessConfig
 from kernel_lib.masks import CropMasks
-from kernel_lib.postprocess import image_cell_type
-from kernel_lib.soft import paste
+from kernel_lib.postprocess import image_cell_type, rescore
+from kernel_lib.soft import mask_confidence, paste
 
 Progress = Callable[[Iterable], Iterable]
 """A wrapper that shows progress over an iterable, e.g. ``tqdm.tqdm``."""
@@ -56,6 +56,8 @@ DEFAULT_AREA_GRID: tuple[int, ...] = tuple(range(0, 301, 25))
 """Minimum areas tried (pixels): 0, 25, ..., 300."""
 DEFAULT_KEPT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(0, 10))
 """Minimum kept fractions tried: 0.0, 0.1, ..., 0.9."""
+DEFAULT_RESCORE_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+"""Rescoring exponents tried (``PostprocessConfig.rescore``; 0 = the models' scores)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +72,9 @@ class TuneImage:
         truth: the annotated instances (may overlap each other).
         cell_type: predicted cell type (majority vote of ``classes``), which selects
             the per-type thresholds; computed when not given.
+        confidence: (N,) float32 mean mask probability inside each mask
+            (:func:`kernel_lib.soft.mask_confidence`), for rescoring
+            (:func:`tune_rescoring`); None when unknown.
     """
 
     id: str
@@ -78,6 +83,7 @@ class TuneImage:
     classes: np.ndarray
     truth: CropMasks
     cell_type: int = -1
+    confidence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         scores = np.asarray(self.scores, np.float32).reshape(-1)
@@ -93,6 +99,13 @@ class TuneImage:
             )
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "classes", classes)
+        if self.confidence is not None:
+            confidence = np.asarray(self.confidence, np.float32).reshape(-1)
+            if len(confidence) != len(scores):
+                raise ValueError(
+                    f"image {self.id}: expected one confidence per mask ({len(scores)}), got {len(confidence)}"
+                )
+            object.__setattr__(self, "confidence", confidence)
         if self.cell_type < 0:
             object.__setattr__(self, "cell_type", image_cell_type(np.asarray(classes, np.int64)))
 
@@ -559,6 +572,7 @@ class TypeResult:
         default: the defaults' setting and mean image score on those images.
         best: the best setting found and its mean score (== default when none is better).
         trials: settings evaluated.
+        rescore: the rescoring exponent of ``best`` (``PostprocessConfig.rescore``).
     """
 
     cell_type: str
@@ -568,6 +582,7 @@ class TypeResult:
     best: Setting
     best_score: float
     trials: int
+    rescore: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -669,8 +684,11 @@ def tune_postprocess(
         total_best += best_sum
         config = with_setting(config, t, best)
         results.append(
-            TypeResult(name, len(images), default, default_sum / len(images), best, best_sum / len(images), len(tried))
-        )
+            TypeResult(
+                name, len(images), default, default_sum / len(images), best, best_sum / len(images), len(tried),
+                base.rescore[t],
+            )
+        )  # fmt: skip
     n = max(table.n_images, 1)
     return TuneResult(
         config=config,
@@ -680,6 +698,70 @@ def tune_postprocess(
         history=pd.DataFrame(rows, columns=["cell_type", "score_threshold", "min_area", "min_kept_fraction", "score"]),
         seconds=time.perf_counter() - start,
     )
+
+
+def rescored(images: Sequence[TuneImage], exponent: float) -> list[TuneImage]:
+    """``images`` with every score weighed by its mask confidence
+    (:func:`kernel_lib.postprocess.rescore`); exponent 0 returns them as they are.
+
+    Raises:
+        ValueError: an exponent > 0 and an image without confidences.
+    """
+    if exponent == 0:
+        return list(images)
+    missing = [img.id for img in images if img.confidence is None]
+    if missing:
+        raise ValueError(f"rescoring needs mask confidences; image(s) {missing[:3]} have none")
+    return [dataclasses.replace(img, scores=rescore(img.scores, img.confidence, exponent)) for img in images]
+
+
+def tune_rescoring(
+    images: Sequence[TuneImage],
+    base: PostprocessConfig,
+    exponents: Sequence[float] = DEFAULT_RESCORE_GRID,
+    trials: int = 300,
+    seed: int = 0,
+    refine: bool = True,
+    progress: Progress | None = None,
+) -> TuneResult:
+    """:func:`tune_postprocess` once per rescoring exponent, keeping per cell type the
+    exponent whose best setting scores highest (``base``'s own exponent on ties).
+
+    Rescoring changes the scores, hence the claiming order, so each exponent gets its own
+    :class:`InstanceTable`; the images of one predicted type are the same for every
+    exponent (the vote uses classes, not scores), so the types choose independently.
+    The default of each type is ``base`` as it is (its thresholds at its own exponent).
+
+    Args:
+        images: the tuned images, with confidences (:func:`images_from_cache`).
+        base: the defaults; its exponents are always among those tried.
+        exponents: rescoring exponents in [0, 4] to try.
+        trials, seed, refine, progress: as :func:`tune_postprocess`.
+    """
+    start = time.perf_counter()
+    grid = sorted({float(e) for e in exponents} | {float(e) for e in base.rescore})
+    runs: dict[float, TuneResult] = {}
+    for exponent in grid:
+        table = InstanceTable.build(rescored(images, exponent), progress=progress)
+        pp = dataclasses.replace(base, rescore=(exponent,) * len(CELL_TYPES))
+        runs[exponent] = tune_postprocess(table, pp, trials=trials, seed=seed, refine=refine)
+    config, per_type, total_default, total_best = base, [], 0.0, 0.0
+    for t in range(len(CELL_TYPES)):
+        own = runs[float(base.rescore[t])].per_type[t]
+        best = max(runs.values(), key=lambda r: (r.per_type[t].best_score, r is runs[float(base.rescore[t])]))
+        chosen = best.per_type[t]
+        chosen = dataclasses.replace(chosen, default=own.default, default_score=own.default_score)
+        per_type.append(chosen)
+        if chosen.n_images:
+            total_default += own.default_score * own.n_images
+            total_best += chosen.best_score * chosen.n_images
+            config = with_setting(config, t, chosen.best)
+            config = dataclasses.replace(
+                config, rescore=tuple(chosen.rescore if i == t else v for i, v in enumerate(config.rescore))
+            )
+    n = max(sum(r.n_images for r in per_type), 1)
+    history = pd.concat([r.history.assign(rescore=e) for e, r in runs.items()], ignore_index=True)
+    return TuneResult(config, total_default / n, total_best / n, tuple(per_type), history, time.perf_counter() - start)
 
 
 class _Trials:
@@ -744,7 +826,14 @@ def images_from_cache(
     if absent:
         raise ValueError(f"{len(absent)} cached image(s) have no annotation in {truth_csv}, e.g. {absent[:3]}")
     images = [
-        TuneImage(i, paste(inst, mask_threshold), inst.scores, inst.classes, truth[i].masks)
+        TuneImage(
+            i,
+            paste(inst, mask_threshold),
+            inst.scores,
+            inst.classes,
+            truth[i].masks,
+            confidence=mask_confidence(inst, mask_threshold),
+        )
         for i, inst in tqdm(instances.items(), desc="paste", unit="img", disable=not progress)
     ]
     return images, used

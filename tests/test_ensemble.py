@@ -14,7 +14,7 @@ from kernel_lib.ensemble import (
     vote_screen,
     weighted_mask_fusion,
 )
-from kernel_lib.soft import SoftInstances, paste, paste_soft, resample_to_boxes
+from kernel_lib.soft import SoftInstances, mask_confidence, paste, paste_soft, resample_to_boxes
 from kernel_lib.testing import mask_iou_matrix
 
 FRAME = (20, 30)
@@ -81,6 +81,24 @@ def test_paste_matches_detectron2() -> None:
     ours = paste(_inst(boxes, np.ones(3), masks), 0.5).to_stack()
     theirs = paste_masks_in_image(torch.from_numpy(masks), Boxes(torch.from_numpy(boxes)), FRAME, threshold=0.5)
     np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+def test_mask_confidence_by_hand() -> None:
+    masks = np.array(
+        [
+            [[0.9, 0.7], [0.3, 0.0]],  # cells >= 0.5: 0.9, 0.7 -> mean 0.8
+            [[0.2, 0.1], [0.4, 0.0]],  # none >= 0.5 -> 0
+            [[0.5, 0.5], [1.0, 0.6]],  # all four: (0.5 + 0.5 + 1.0 + 0.6) / 4 = 0.65
+        ],
+        np.float32,
+    )
+    inst = SoftInstances(np.tile([[0, 0, 4, 4]], (3, 1)), [0.9, 0.8, 0.7], [0, 0, 0], masks, (8, 8))
+    np.testing.assert_allclose(mask_confidence(inst, 0.5), [0.8, 0.0, 0.65], rtol=1e-6)
+    # threshold 0.8 keeps only 0.9 in the first and 1.0 in the third
+    np.testing.assert_allclose(mask_confidence(inst, 0.8), [0.9, 0.0, 1.0], rtol=1e-6)
+    assert mask_confidence(SoftInstances.empty((8, 8)), 0.5).shape == (0,)
+    with pytest.raises(ValueError, match=r"threshold in \(0, 1\)"):
+        mask_confidence(inst, 1.0)
 
 
 def test_paste_empty_and_threshold_check() -> None:

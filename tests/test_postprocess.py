@@ -141,3 +141,33 @@ def test_remove_overlaps_directly() -> None:
     kept, idx = remove_overlaps(masks, np.array([1, 0]))
     assert idx.tolist() == [1, 0]
     assert kept.areas().tolist() == [1, 8]
+
+
+def test_rescoring_by_mask_confidence_by_hand() -> None:
+    shape = (6, 8)
+    a = box(shape, 0, 4, 0, 4)  # 16 px
+    b = box(shape, 2, 6, 2, 6)  # 16 px, 4 of them shared with `a`
+    scores, confidence = np.array([0.9, 0.8]), np.array([0.6, 0.95])
+    # exponent 0 (default): scores as given, a (0.9) claims first
+    out = postprocess(np.stack([a, b]), scores, np.array([2, 2]), no_thresholds(), confidence)
+    assert out.keep.tolist() == [0, 1]
+    # cort's exponent 1: a 0.9 * 0.6 = 0.54, b 0.8 * 0.95 = 0.76: b claims first, a loses 4 px
+    pp = PostprocessConfig(score_threshold=(0.0, 0.0, 0.0), min_area=(1, 1, 1), rescore=(0.0, 0.0, 1.0))
+    out = postprocess(np.stack([a, b]), scores, np.array([2, 2]), pp, confidence)
+    assert out.keep.tolist() == [1, 0]
+    np.testing.assert_allclose(out.scores, [0.76, 0.54], rtol=1e-6)
+    assert out.masks.areas().tolist() == [16, 16 - 4]
+    # exponent 2 with cort's threshold 0.5: a 0.9 * 0.36 = 0.324 is dropped, b 0.8 * 0.9025 = 0.722 kept
+    pp = PostprocessConfig(score_threshold=(0.0, 0.0, 0.5), min_area=(1, 1, 1), rescore=(0.0, 0.0, 2.0))
+    out = postprocess(np.stack([a, b]), scores, np.array([2, 2]), pp, confidence)
+    assert out.keep.tolist() == [1]
+    np.testing.assert_allclose(out.scores, [0.722], rtol=1e-6)
+    # the image is shsy5y (class 0): shsy5y's exponent 0 leaves the scores alone
+    out = postprocess(np.stack([a, b]), scores, np.array([0, 0]), pp, confidence)
+    assert out.keep.tolist() == [0, 1]
+    # no confidences given: nothing to rescore by, both pass 0.5 as they are
+    assert postprocess(np.stack([a, b]), scores, np.array([2, 2]), pp).keep.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="one confidence per score"):
+        postprocess(np.stack([a, b]), scores, np.array([2, 2]), pp, np.array([0.5]))
+    with pytest.raises(ValueError, match=r"rescore\[cort\]: expected a value in \[0.0, 4.0\]"):
+        PostprocessConfig(rescore=(0.0, 0.0, -1.0))

@@ -24,6 +24,7 @@ from kernel_lib.tune import (
     score_config,
     setting_of,
     tune_postprocess,
+    tune_rescoring,
     with_setting,
 )
 
@@ -169,6 +170,34 @@ def test_tuning_never_loses_to_defaults(sample: tuple[list[TuneImage], InstanceT
             assert setting_of(result.config, t) == per_type.best
     assert len(result.history) == sum(r.trials for r in result.per_type)
     assert result.config.mask_threshold == base.mask_threshold
+
+
+def test_rescoring_search_equals_reference(sample: tuple[list[TuneImage], InstanceTable]) -> None:
+    images, _ = sample
+    rng = np.random.default_rng(5)
+    images = [TuneImage(i.id, i.masks, i.scores, i.classes, i.truth, confidence=rng.uniform(0.5, 1.0, len(i.scores)))
+              for i in images]  # fmt: skip
+    base = PostprocessConfig()
+    result = tune_rescoring(images, base, exponents=(0.0, 1.0, 2.0), trials=20, seed=1, refine=False)
+    assert result.best_score >= result.default_score
+    assert set(result.history["rescore"]) == {0.0, 1.0, 2.0}
+    assert all(r.rescore in (0.0, 1.0, 2.0) for r in result.per_type)
+    assert result.config.rescore == tuple(r.rescore if r.n_images else 0.0 for r in result.per_type)
+
+    def reference(pp: PostprocessConfig) -> float:  # postprocess with the confidences, then the metric
+        return float(np.mean([
+            image_score(img.truth, postprocess(img.masks, img.scores, img.classes, pp, img.confidence).masks).score
+            for img in images
+        ]))  # fmt: skip
+
+    assert result.default_score == pytest.approx(reference(base))
+    assert result.best_score == pytest.approx(reference(result.config))
+    # with one exponent, 0, it is tune_postprocess itself
+    plain = tune_rescoring(images, base, exponents=(0.0,), trials=20, seed=1, refine=False)
+    same = tune_postprocess(InstanceTable.build(images), base, trials=20, seed=1, refine=False)
+    assert plain.config == same.config and plain.best_score == pytest.approx(same.best_score)
+    with pytest.raises(ValueError, match="needs mask confidences"):
+        tune_rescoring(sample[0], base, exponents=(1.0,), trials=2)
 
 
 def test_defaults_kept_when_nothing_is_better() -> None:

@@ -1,5 +1,5 @@
 """``python -m kernel_lib tune --truth TRAIN_CSV --cache DIR [--config CFG] [--out best_config.json]
-[--trials N]``."""
+[--trials N] [--rescore A,B,...]``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from kernel_lib.config import load_config
 from kernel_lib.evaluate import MANIFEST, read_cache_manifest
 from kernel_lib.outputs import atomic_output, check_input_file, check_output, note_output
-from kernel_lib.tune import InstanceTable, Setting, images_from_cache, tune_postprocess
+from kernel_lib.tune import DEFAULT_RESCORE_GRID, Setting, images_from_cache, tune_rescoring
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,11 +28,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=300, help="grid settings per cell type (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="grid sampling seed (default 0)")
     parser.add_argument("--no-refine", action="store_true", help="skip the finer coordinate search around the best")
+    parser.add_argument(
+        "--rescore",
+        default=",".join(f"{e:g}" for e in DEFAULT_RESCORE_GRID),
+        help="rescoring exponents to try per cell type, comma-separated: score * mask confidence ** a "
+        f"(default {','.join(f'{e:g}' for e in DEFAULT_RESCORE_GRID)}; 0 alone keeps the models' scores)",
+    )
     parser.add_argument("--history", help="also write every setting tried and its score to this CSV")
 
 
-def _fmt(s: Setting) -> str:
-    return f"score>={s.score_threshold:g} area>={s.min_area:g} kept>={s.min_kept_fraction:g}"
+def _fmt(s: Setting, rescore: float) -> str:
+    rescored = f" rescore^{rescore:g}" if rescore else ""
+    return f"score>={s.score_threshold:g} area>={s.min_area:g} kept>={s.min_kept_fraction:g}{rescored}"
+
+
+def _exponents(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 <= v <= 4.0 for v in values):
+        raise ValueError(f"--rescore: expected comma-separated exponents in [0, 4] (e.g. 0,1), got {text!r}")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     given = load_config(args.config) if args.config is not None else None
     if args.trials < 1:
         raise ValueError(f"--trials: expected at least 1, got {args.trials}")
+    exponents = _exponents(args.rescore)
     check_input_file(args.truth, "--truth", "pass the competition's train.csv")
     cache = Path(args.cache)
     inputs = {"--truth": args.truth, "--config": args.config, "cache manifest": cache / MANIFEST, "--cache": cache}
@@ -64,21 +82,24 @@ def run(args: argparse.Namespace) -> int:
     images, _ = images_from_cache(args.truth, args.cache, base.postprocess.mask_threshold)
     if not images:
         raise ValueError(f"no cached image of {cache} to tune on; run evaluate on annotated images first")
-    table = InstanceTable.build(images, progress=lambda it: tqdm(it, desc="precompute", unit="img"))
-    result = tune_postprocess(table, base.postprocess, trials=args.trials, seed=args.seed, refine=not args.no_refine)
-    n_tried = sum(r.trials for r in result.per_type)
+    result = tune_rescoring(
+        images, base.postprocess, exponents, trials=args.trials, seed=args.seed, refine=not args.no_refine,
+        progress=lambda it: tqdm(it, desc="precompute", unit="img", leave=False),
+    )  # fmt: skip
+    n_tried = len(result.history)
     print(
-        f"tried {n_tried} settings on {table.n_images} images in {result.seconds:.1f} s "
+        f"tried {n_tried} settings on {len(images)} images in {result.seconds:.1f} s "
         f"({60 * n_tried / max(result.seconds, 1e-9):.0f} per minute)"
     )
     print("per predicted cell type:")
-    for r in result.per_type:
+    for t, r in enumerate(result.per_type):
         if not r.n_images:
-            print(f"  {r.cell_type:<7} no image predicted as this type: kept {_fmt(r.default)}")
+            print(f"  {r.cell_type:<7} no image predicted as this type: kept {_fmt(r.default, r.rescore)}")
             continue
         print(
-            f"  {r.cell_type:<7} {r.n_images:>4} img  default {_fmt(r.default)} -> {r.default_score:.4f}\n"
-            f"  {'':<7} {'':>4}      best    {_fmt(r.best)} -> {r.best_score:.4f} "
+            f"  {r.cell_type:<7} {r.n_images:>4} img  default {_fmt(r.default, base.postprocess.rescore[t])} "
+            f"-> {r.default_score:.4f}\n"
+            f"  {'':<7} {'':>4}      best    {_fmt(r.best, r.rescore)} -> {r.best_score:.4f} "
             f"({r.best_score - r.default_score:+.4f})"
         )
     print(f"overall: {result.default_score:.4f} -> {result.best_score:.4f} ({result.gain:+.4f}) on the tuned images")
