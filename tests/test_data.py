@@ -18,6 +18,7 @@ from kernel_lib.training.datasets import (
     AnnotationProblem,
     coco_rle,
     load_dataset_dicts,
+    mend_mask,
     record_masks,
     segmentation_mask,
 )
@@ -184,3 +185,45 @@ def test_images_of_another_frame_twice_or_hidden_are_left_out(tmp_path: Path) ->
     # the competition frame by default: a 4x6 image is not 520x704
     with pytest.raises(ValueError, match=r"a\.png is 4x6 \(height x width\), expected 520x704"):
         load_dataset_dicts(root, ["a"])
+
+
+def test_mend_mask_by_hand() -> None:
+    m = np.zeros((7, 9), bool)
+    m[1:6, 1:6] = True  # a 5 x 5 cell (25 px)
+    m[3, 3] = False  # with a one-pixel hole
+    m[2:4, 2] = False  # and a hole of 2 px touching nothing else
+    m[0, 8] = True  # a 1-px fragment apart (not 8-connected to the cell)
+    m[6, 7:9] = True  # and a 2-px one
+    mended, holes, pieces, dropped = mend_mask(m)
+    expected = np.zeros_like(m)
+    expected[1:6, 1:6] = True
+    np.testing.assert_array_equal(mended, expected)
+    assert (holes, pieces, dropped) == (1 + 2, 2, 1 + 2)
+    # a whole mask is left as it is; so is an empty one
+    assert mend_mask(expected)[1:] == (0, 0, 0)
+    np.testing.assert_array_equal(mend_mask(expected)[0], expected)
+    assert not mend_mask(np.zeros((3, 3), bool))[0].any()
+    # a ring: the hole inside it is filled, 8 px of ring + 1 of hole
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    assert mend_mask(ring)[0].all() and mend_mask(ring)[1] == 1
+    # diagonal neighbours are one piece (8-connectivity)
+    diagonal = np.eye(3, dtype=bool)
+    np.testing.assert_array_equal(mend_mask(diagonal)[0], diagonal)
+
+
+def test_mended_rows_are_listed_and_the_file_kept(tmp_path: Path) -> None:
+    # 4 x 6 frame; row 0: a 3 x 3 ring at rows 0..2, cols 0..2 (hole at (1, 1)); row 1: whole
+    ring = np.zeros((H, W), bool)
+    ring[0:3, 0:3] = True
+    ring[1, 1] = False
+    rows = [("a", rle_encode(ring), W, H, "astro"), ("a", "5 2", W, H, "astro")]
+    root = _write_pack(tmp_path / "pack", rows, {"a": (H, W)})
+    plain = load_dataset_dicts(root, image_shape=(H, W))
+    assert plain.mended == [] and record_masks(plain.dicts[0]).areas().tolist() == [8, 2]
+    data = load_dataset_dicts(root, image_shape=(H, W), mend=True)
+    assert [(m.id, m.row, m.what) for m in data.mended] == [("a", 0, "mended: 1 hole pixel(s) filled")]
+    assert record_masks(data.dicts[0]).areas().tolist() == [9, 2]
+    assert data.dicts[0]["annotations"][0]["bbox"] == [0.0, 0.0, 3.0, 3.0]
+    assert data.rows["annotation"].tolist() == [r[1] for r in rows]  # the rows as the file has them
+    assert pd.read_csv(root / "train.csv")["annotation"].tolist() == [r[1] for r in rows]

@@ -22,7 +22,7 @@ from kernel_lib.config import CELL_TYPES, Config, EnsembleConfig  # noqa: E402
 from kernel_lib.folds import fold_split, make_folds, write_folds  # noqa: E402
 from kernel_lib.training.augment import Rot90Transform, build_augmentations  # noqa: E402
 from kernel_lib.training.datasets import load_dataset_dicts, record_masks  # noqa: E402
-from kernel_lib.training.mappers import CropFirstMapper, SartoriusMapper  # noqa: E402
+from kernel_lib.training.mappers import CropFirstMapper, SartoriusMapper, build_mapper  # noqa: E402
 from kernel_lib.training.options import AugmentSettings, TrainOptions  # noqa: E402
 from kernel_lib.training.recipe import build_config  # noqa: E402
 
@@ -120,6 +120,40 @@ def test_crop_first_mapper_uses_detectron2s_brightness_and_contrast(data_dir: Pa
     # RandomBrightness(0.5, 0.5): 0.5 x each pixel; RandomContrast(0, 0): every pixel the mean
     np.testing.assert_array_equal(images["half"], (0.5 * base).astype(np.uint8))
     np.testing.assert_array_equal(images["flat"], np.full(base.shape, base.mean(), np.float32).astype(np.uint8))
+
+
+def test_crop_first_mapper_pastes_cells_of_the_same_type(data_dir: Path, tmp_path: Path) -> None:
+    records = load_dataset_dicts(data_dir).dicts
+    astro = [r for r in records if r["cell_type"] == "astro"][:2]
+    settings = AugmentSettings(crop=128, hflip=False, vflip=False, rot90=False, brightness=(1, 1), contrast=(1, 1))
+    plain = CropFirstMapper((520,), 704, settings)
+    pasting = CropFirstMapper((520,), 704, dataclasses.replace(settings, copy_paste=1.0, copy_paste_max=6))
+    for mapper in (plain, pasting):
+        mapper._load(astro[1])  # a donor read before
+    counts = {"plain": 0, "pasting": 0}
+    for seed in range(6):
+        for name, mapper in (("plain", plain), ("pasting", pasting)):
+            np.random.seed(seed)  # the same window for both
+            out = mapper(astro[0])
+            inst = out["instances"]
+            masks = inst.gt_masks.tensor.numpy()
+            assert masks.shape[1:] == (128, 128) and masks.any(axis=(1, 2)).all()
+            assert inst.gt_classes.tolist() == [CELL_TYPES.index("astro")] * len(inst)
+            # every box is its mask's tight box
+            for mask, box in zip(masks, inst.gt_boxes.tensor.numpy()):
+                ys, xs = np.nonzero(mask)
+                assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            counts[name] += len(inst)
+    assert counts["pasting"] > counts["plain"]  # 1 to 6 cells more per crop, less those covered
+    assert {k: len(v) for k, v in pasting._donors.items()} == {"astro": 2}
+    # pasting needs the crop-first mapper
+    cfg = build_config(_options(tmp_path, min_sizes=(400, 520)), "cpu")
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "range"
+    with pytest.raises(ValueError, match="copy_paste: pasting runs in the crop-first mapper"):
+        build_mapper(cfg, dataclasses.replace(settings, copy_paste=0.5))
+    with pytest.raises(ValueError, match="copy_paste: pasting works on training crops"):
+        AugmentSettings(copy_paste=0.5)
 
 
 def test_mapper_with_augmentation_keeps_boxes_on_their_masks(data_dir: Path, tmp_path: Path) -> None:
@@ -261,6 +295,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
             "--out", str(root / "models"), "--iters", "2", "--batch", "2", "--device", "cpu",
             "--min-sizes", "96", "--max-size", "160", "--test-size", "96", "--workers", "0",
             "--eval-config", str(root / "eval.json"), "--eval-period", "1", "--normalization", "per_image",
+            "--crop", "80", "--copy-paste", "1", "--mend-masks",
             "--set", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
         ]
     )  # fmt: skip
@@ -278,6 +313,11 @@ def test_tiny_run_leaves_the_layout_predict_reads(tiny_run: Path, data_dir: Path
     assert 0.0 <= meta["heldout_score"] <= 1.0 and set(meta["heldout_per_cell_type"]) == {"astro"}
     assert meta["heldout_eval"]["tta"] == ["identity"]
     assert meta["input_normalization"] == "per_image"  # what inference reads back
+    assert meta["mapper"] == "CropFirstMapper" and meta["augment"]["copy_paste"] == 1.0
+    # --mend-masks: the list is written; the two cort images trained on have no holed mask (the
+    # held-out astro image has 9, but scoring truth is never mended: test_data's mending tests)
+    mended = pd.read_csv(fold / "mended_masks.csv")
+    assert list(mended.columns) == ["id", "row", "what"] and meta["mended_masks"] == len(mended) == 0
     log = [json.loads(line) for line in (fold / "metrics.json").read_text().splitlines()]
     last = max((line for line in log if "total_loss" in line), key=lambda line: line["iteration"])
     assert last["iteration"] == 1 and np.isfinite(last["total_loss"])

@@ -109,6 +109,12 @@ OPTIONS: tuple[Option, ...] = (
         "how often an --extra-truth image is drawn relative to a labelled one",
         parse=float,
     ),
+    _o(
+        "--mend-masks",
+        "mend_masks",
+        "train on mended masks (holes filled, fragments dropped; each change in mended_masks.csv)",
+        switch="on",
+    ),
     _o("--out", "out_dir", "models folder; the fold lands in OUT/fold<K>/ (OUT/pretrain/ without --data)"),
     _o("--name", "name", "fold folder name (default fold<K>, or pretrain; one fold only)"),
     _o("--config", "base_config", "detectron2 config file or model-zoo name (default: --arch)"),
@@ -148,6 +154,13 @@ OPTIONS: tuple[Option, ...] = (
     _o("--no-rot90", "augment.rot90", "no 90-degree rotations", switch="off"),
     _o("--brightness", "augment.brightness", "brightness factor range MIN,MAX", parse=_pair),
     _o("--contrast", "augment.contrast", "contrast factor range MIN,MAX", parse=_pair),
+    _o(
+        "--copy-paste",
+        "augment.copy_paste",
+        "probability that a crop gets cells pasted from images of its cell type (0: off; needs --crop)",
+        parse=float,
+    ),
+    _o("--copy-paste-max", "augment.copy_paste_max", "most cells pasted into one crop", parse=int),
     _o(
         "--normalization",
         "normalization",

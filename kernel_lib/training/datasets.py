@@ -21,6 +21,11 @@ out of frame, of another size or cell type, or a duplicate of an earlier row of 
 image); a row that fails a check is left out and reported as an
 :class:`~kernel_lib.truth.AnnotationProblem`, never trained on.
 
+With ``mend=True`` every kept row's mask is mended before training (:func:`mend_mask`:
+holes filled, fragments apart from its largest piece dropped, as the top solutions
+rebuilt astro masks from their outer contour); each row changed is listed in
+:attr:`TrainingData.mended` with what changed. Scoring truth is never mended.
+
 Images whose file is missing, unreadable, not of the competition's 520x704 frame,
 or given twice (``x.png`` and ``x.jpg``), or with no valid row left, are reported
 (``row = -1``) and left out. Hidden files (``._x.png``) are never read.
@@ -28,11 +33,13 @@ or given twice (``x.png`` and ``x.jpg``), or with no valid row left, are reporte
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import pycocotools.mask as mask_util
@@ -60,11 +67,14 @@ class TrainingData:
         problems: every row or image left out, in file order.
         rows: the train.csv rows that were used (the DataFrame's index is the 0-based
             data row), columns ``id, annotation, width, height, cell_type``.
+        mended: each row whose mask :func:`mend_mask` changed (``mend=True``), with
+            what changed; the rows themselves stay as the file has them.
     """
 
     dicts: list[dict[str, Any]]
     problems: list[AnnotationProblem]
     rows: pd.DataFrame
+    mended: list[AnnotationProblem] = dataclasses.field(default_factory=list)
 
     @classmethod
     def merge(cls, parts: Sequence[TrainingData]) -> TrainingData:
@@ -91,7 +101,8 @@ class TrainingData:
                 seen[image_id] = source
                 dicts.append(record)
         rows = [part.rows for part in parts if len(part.rows)]
-        return cls(dicts, problems, pd.concat(rows) if rows else parts[0].rows)
+        mended = [m for part in parts for m in part.mended]
+        return cls(dicts, problems, pd.concat(rows) if rows else parts[0].rows, mended)
 
     def problems_frame(self) -> pd.DataFrame:
         """``problems`` as DataFrame[id, row, what]."""
@@ -145,6 +156,58 @@ def coco_rle(indices: np.ndarray, shape: tuple[int, int]) -> dict[str, Any]:
     return mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
 
 
+def mend_mask(crop: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """One instance mask mended: its largest 8-connected piece, holes filled (the piece's
+    outer contour drawn filled, as 4th place rebuilt astro masks).
+
+    Args:
+        crop: (h, w) bool mask (a tight crop or a whole frame).
+
+    Returns:
+        (mended (h, w) bool, hole pixels filled, pieces dropped, their pixels). An empty
+        mask comes back as it is.
+    """
+    crop = np.asarray(crop, bool)
+    if not crop.any():
+        return crop.copy(), 0, 0, 0
+    padded = np.pad(crop, 1).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(padded, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = 1 + int(np.argmax(areas))
+    piece = labels == largest
+    contours, _ = cv2.findContours(piece.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(padded)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    mended = (filled[1:-1, 1:-1] > 0) | piece[1:-1, 1:-1]
+    holes = int(np.count_nonzero(mended & ~crop))
+    return mended, holes, count - 2, int(areas.sum() - areas[largest - 1])
+
+
+def _mended_rows(
+    image_id: str, valid: list[tuple[int, np.ndarray]], shape: tuple[int, int]
+) -> tuple[list[tuple[int, np.ndarray]], list[AnnotationProblem]]:
+    """Each row's flat indices mended (:func:`mend_mask` on the row's tight crop)."""
+    out, notes = [], []
+    width = shape[1]
+    for row, indices in valid:
+        ys, xs = np.divmod(indices, width)
+        y0, x0 = int(ys.min()), int(xs.min())
+        crop = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), bool)
+        crop[ys - y0, xs - x0] = True
+        mended, holes, pieces, dropped = mend_mask(crop)
+        if holes or pieces:
+            my, mx = np.nonzero(mended)
+            indices = np.sort((my + y0) * width + (mx + x0)).astype(np.int64)
+            what = []
+            if holes:
+                what.append(f"{holes} hole pixel(s) filled")
+            if pieces:
+                what.append(f"{pieces} fragment(s) of {dropped} pixel(s) dropped")
+            notes.append(AnnotationProblem(image_id, row, "mended: " + ", ".join(what)))
+        out.append((row, indices))
+    return out, notes
+
+
 def segmentation_mask(segmentation: dict[str, Any]) -> np.ndarray:
     """(H, W) bool mask of a dataset dict's ``segmentation`` (COCO RLE)."""
     return mask_util.decode(segmentation).astype(bool)
@@ -193,6 +256,7 @@ def load_dataset_dicts(
     train_csv: str | Path | None = None,
     image_dir: str | Path | None = None,
     image_shape: tuple[int, int] | None = IMAGE_SHAPE,
+    mend: bool = False,
 ) -> TrainingData:
     """detectron2 dataset dicts for the annotated images of a competition folder.
 
@@ -205,6 +269,8 @@ def load_dataset_dicts(
         image_dir: image folder instead of ``data_dir/train``.
         image_shape: the (H, W) frame every image must have (the competition's); an
             image of another is reported and left out. None: any frame.
+        mend: mend every kept row's mask (:func:`mend_mask`), each change listed in
+            ``mended``.
 
     Returns:
         :class:`TrainingData` (dicts, problems, rows used).
@@ -224,6 +290,7 @@ def load_dataset_dicts(
 
     dicts: list[dict[str, Any]] = []
     problems: list[AnnotationProblem] = []
+    mended: list[AnnotationProblem] = []
     used: list[int] = []
     for image_id in wanted:
         rows = groups.get(image_id)
@@ -258,6 +325,9 @@ def load_dataset_dicts(
             problems.append(AnnotationProblem(image_id, IMAGE_ROW, "no valid annotation left; image left out"))
             continue
         cell_type = str(rows.loc[valid[0][0], "cell_type"])
+        if mend:
+            valid, notes = _mended_rows(image_id, valid, (int(shape[0]), int(shape[1])))
+            mended.extend(notes)
         dicts.append(_record(image_id, path, (int(shape[0]), int(shape[1])), cell_type, valid))
         used.extend(row for row, _ in valid)
     if not dicts:
@@ -265,7 +335,7 @@ def load_dataset_dicts(
         raise ValueError(f"no usable annotated image in {data_dir} ({len(wanted)} asked for): {shown}")
     problems.sort(key=lambda p: (p.row if p.row != IMAGE_ROW else np.iinfo(np.int64).max, p.id))
     rows_used = df.loc[sorted(used), list(TRAIN_COLUMNS)]
-    return TrainingData(dicts, problems, rows_used)
+    return TrainingData(dicts, problems, rows_used, mended)
 
 
 def record_masks(record: dict[str, Any]) -> CropMasks:

@@ -31,6 +31,7 @@ RUN_FILES: tuple[str, ...] = (
     CHECKPOINT_LINK,
     HELDOUT_SCORES,
     "annotation_problems.csv",
+    "mended_masks.csv",
 )
 """Files a training run writes in its fold folder (besides ``model_*.pth``)."""
 

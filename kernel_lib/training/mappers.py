@@ -21,6 +21,7 @@ from detectron2.data import transforms as T
 from kernel_lib.images import normalize_image, read_image, to_model_input
 from kernel_lib.masks import CropMasks
 from kernel_lib.training.augment import build_augmentations, photometric_augmentations
+from kernel_lib.training.copy_paste import Donor, paste_cells
 from kernel_lib.training.datasets import record_masks
 from kernel_lib.training.options import AugmentSettings
 
@@ -69,7 +70,9 @@ class CropFirstMapper:
     the masks). Each image's masks are decoded once per worker and kept as
     :class:`~kernel_lib.masks.CropMasks`, so an iteration never builds a full-frame mask.
     The region's integer bounds make the scale exact to within one original pixel per
-    window side.
+    window side. With ``augment.copy_paste`` > 0, cells of the images of the record's cell
+    type that this worker has read so far (the record's own among them) are pasted into
+    the window before the flips (:func:`kernel_lib.training.copy_paste.paste_cells`).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class CropFirstMapper:
         self.normalization = normalization
         self._photometric = T.AugmentationList(photometric_augmentations(augment))
         self._cache: dict[str, tuple[np.ndarray, CropMasks, np.ndarray]] = {}
+        self._donors: dict[str, list[Donor]] = {}
 
     def _load(self, record: dict[str, Any]) -> tuple[np.ndarray, CropMasks, np.ndarray]:
         key = str(record["file_name"])
@@ -92,6 +96,7 @@ class CropFirstMapper:
             classes = np.array([a["category_id"] for a in record["annotations"]], np.int64)
             grey = normalize_image(read_image(key), self.normalization)  # the whole image's mean and spread
             self._cache[key] = (grey, record_masks(record), classes)
+            self._donors.setdefault(str(record.get("cell_type", "")), []).append(Donor(*self._cache[key]))
         return self._cache[key]
 
     def _window(self, height: int, width: int) -> tuple[int, int, int, int, int]:
@@ -117,16 +122,22 @@ class CropFirstMapper:
         y0, y1, x0, x1, side = self._window(*grey.shape)
         image = np.asarray(Image.fromarray(grey[y0:y1, x0:x1]).resize((side, side), Image.BILINEAR))
         stack, keep = _window_masks(masks, y0, y1, x0, x1, side)
+        cls = classes[keep]
+        if self.augment.copy_paste and np.random.rand() < self.augment.copy_paste:
+            rng = np.random.RandomState(np.random.randint(2**31))
+            count = 1 + rng.randint(self.augment.copy_paste_max)
+            donors = self._donors[str(record.get("cell_type", ""))]
+            image, stack, cls = paste_cells(image, stack, cls, donors, side / (y1 - y0), count, rng)
         image, stack = self._flip_and_turn(image, stack)
         photometric = T.AugInput(np.ascontiguousarray(image))
         self._photometric(photometric)
         image = photometric.image
         areas = stack.any(axis=(1, 2))
-        stack, keep = stack[areas], keep[areas]
+        stack, cls = stack[areas], cls[areas]
         instances = Instances((side, side))
         instances.gt_masks = BitMasks(torch.from_numpy(np.ascontiguousarray(stack)))
         instances.gt_boxes = Boxes(instances.gt_masks.get_bounding_boxes().tensor)
-        instances.gt_classes = torch.from_numpy(classes[keep])
+        instances.gt_classes = torch.from_numpy(cls)
         out = {k: v for k, v in record.items() if k != "annotations"}
         out["instances"] = instances
         out["image"] = torch.from_numpy(np.ascontiguousarray(to_model_input(image).transpose(2, 0, 1)))
@@ -175,4 +186,10 @@ def build_mapper(
     :class:`SartoriusMapper` (whole images, or a short edge drawn from a range)."""
     if augment.crop and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and cfg.INPUT.FORMAT in ("BGR", "RGB"):
         return CropFirstMapper(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, augment, normalization)
+    if augment.copy_paste:
+        raise ValueError(
+            "copy_paste: pasting runs in the crop-first mapper, which needs --crop with a choice of "
+            f"--min-sizes (got INPUT.MIN_SIZE_TRAIN_SAMPLING {cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING!r}); "
+            "pass --min-sizes A,B,C or drop --copy-paste"
+        )
     return SartoriusMapper(build_augmentations(cfg, augment), cfg.INPUT.FORMAT, normalization)

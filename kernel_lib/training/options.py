@@ -35,6 +35,11 @@ class AugmentSettings:
         brightness: (min, max) brightness factor, uniform; range [0, 4], min <= max;
             (1, 1) turns it off.
         contrast: (min, max) contrast factor around the image mean; same range.
+        copy_paste: probability in [0, 1] that a training crop gets cells pasted from
+            images of its cell type (:mod:`kernel_lib.training.copy_paste`; crop
+            training only); 0 turns it off.
+        copy_paste_max: most cells pasted into one crop (1 to that many, uniformly);
+            range [1, 256].
     """
 
     crop: int = 0
@@ -43,8 +48,16 @@ class AugmentSettings:
     rot90: bool = True
     brightness: tuple[float, float] = (0.8, 1.2)
     contrast: tuple[float, float] = (0.8, 1.2)
+    copy_paste: float = 0.0
+    copy_paste_max: int = 8
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.copy_paste <= 1.0:
+            raise ValueError(f"copy_paste: expected a probability in [0, 1], got {self.copy_paste!r}")
+        if not 1 <= self.copy_paste_max <= 256:
+            raise ValueError(f"copy_paste_max: expected 1 to 256 cells, got {self.copy_paste_max!r}")
+        if self.copy_paste and not self.crop:
+            raise ValueError("copy_paste: pasting works on training crops; pass --crop SIDE (e.g. 256) too")
         if not 0 <= self.crop <= 4096:
             raise ValueError(f"crop: expected a side in [0, 4096] pixels (0 = no crop), got {self.crop!r}")
         for name in ("brightness", "contrast"):
@@ -80,6 +93,10 @@ class TrainOptions:
         extra_images: the image folder of each ``extra_truth`` file, in the same order.
         extra_weight: how often an ``extra_truth`` image is drawn relative to a labelled
             one, in (0, 10] (detectron2's repeat-factor sampler); 1 draws them alike.
+        mend_masks: train on mended masks of the fold's train.csv images (holes filled,
+            fragments dropped: :func:`kernel_lib.training.datasets.mend_mask`), each row
+            changed listed in the fold folder's ``mended_masks.csv``; held-out scoring
+            keeps the masks as annotated.
         name: fold folder name; "" gives ``fold<K>`` (``pretrain`` for a COCO-only run).
         base_config: a detectron2 config file or model-zoo name; "" uses
             :func:`~kernel_lib.d2config.sartorius_config` (``arch``).
@@ -135,6 +152,7 @@ class TrainOptions:
     extra_truth: tuple[str, ...] = ()
     extra_images: tuple[str, ...] = ()
     extra_weight: float = 1.0
+    mend_masks: bool = False
     name: str = ""
     base_config: str = ""
     arch: str = "R50"

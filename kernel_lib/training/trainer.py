@@ -10,6 +10,7 @@ K and leaves ``OUT/<name>/`` (``name`` defaults to ``fold<K>``)::
     log.txt                the training log
     heldout_scores.csv     id, cell_type, score of every held-out image
     annotation_problems.csv  rows left out of training (see kernel_lib.training.datasets)
+    mended_masks.csv         with --mend-masks: each training row whose mask was mended
 
 The run, in steps: read the split's images (:mod:`~kernel_lib.training.datasets`), build
 the config (:mod:`~kernel_lib.training.recipe`) and the mapper
@@ -64,6 +65,7 @@ WRITER_PERIOD = 20
 """Iterations between two lines of the loss log (fewer when training is shorter)."""
 
 PROBLEMS_FILE = "annotation_problems.csv"
+MENDED_FILE = "mended_masks.csv"
 """The annotation rows a run left out (id, row, what), in its fold folder."""
 
 
@@ -188,7 +190,9 @@ def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
     heldout = None
     if split is not None:
         train_ids = split.train_ids[: opts.max_images] if opts.max_images else split.train_ids
-        parts.append((str(Path(opts.data_dir) / "train.csv"), load_dataset_dicts(opts.data_dir, train_ids)))
+        parts.append(
+            (str(Path(opts.data_dir) / "train.csv"), load_dataset_dicts(opts.data_dir, train_ids, mend=opts.mend_masks))
+        )
         if split.heldout_ids and opts.heldout:
             heldout = load_dataset_dicts(opts.data_dir, split.heldout_ids)
     for truth, images in zip(opts.extra_truth, opts.extra_images):
@@ -203,6 +207,8 @@ def _load_fold_data(opts: TrainOptions, rank: int) -> _FoldData:
         train = dataclasses.replace(train, dicts=train.dicts[: opts.max_images])
     if rank == 0:
         _report_problems(opts, parts, heldout, train)
+        if opts.mend_masks:
+            _report_mended(opts, train)
         logger.info(
             "%s: %d training images (%d instances; %d from COCO files), %d held-out images (%s)",
             opts.fold_name,
@@ -243,6 +249,13 @@ def _coco_meta(source: CocoSource, data: TrainingData) -> dict[str, Any]:
     }
 
 
+def _report_mended(opts: TrainOptions, train: TrainingData) -> None:
+    """Write each mended row to the fold folder's ``mended_masks.csv`` (id, row, what)."""
+    frame = pd.DataFrame([(m.id, m.row, m.what) for m in train.mended], columns=["id", "row", "what"])
+    frame.to_csv(opts.fold_dir / MENDED_FILE, index=False)
+    logger.info("--mend-masks: %d training masks mended (listed in %s)", len(frame), opts.fold_dir / MENDED_FILE)
+
+
 def _report_problems(
     opts: TrainOptions, parts: list[tuple[str, TrainingData]], heldout: TrainingData | None, train: TrainingData
 ) -> None:
@@ -281,6 +294,7 @@ def _data_meta(opts: TrainOptions, data: _FoldData, reinitialised: list[str]) ->
         ],
         "heldout_ids": list(data.split.heldout_ids) if data.split is not None else [],
         "annotation_problems": problems,
+        "mended_masks": len(data.train.mended) if opts.mend_masks else None,
     }
 
 
