@@ -242,7 +242,13 @@ class EnsembleConfig:
             ensemble_boxes defines it: box clusters, box and mask averaged with weights
             score x IoU with the best box, the best's score and class).
         tta: views to run, names from :data:`TTA_NAMES`; "identity" is the plain image.
-        scales: extra rescale factors (1.0 = none), each in [0.5, 2.0].
+        scales: extra rescale factors (1.0 = none), each in [0.5, 3.0].
+        type_scale: per cell type, a factor on every scale of ``scales`` for the images
+            of that type, in [0.5, 3.0] (each scaled scale too): an image's type is voted
+            from a pass at ``scales`` (:func:`kernel_lib.postprocess.image_cell_type` on
+            the fused instances); when its type's factor is not 1 the image runs again at
+            the scaled scales and that pass's instances replace the first's. (1, 1, 1)
+            runs one pass.
         box_nms_iou: IoU above which merged boxes are suppressed ("roi"); range (0, 1].
         cluster_iou: mask IoU above which two instances join a cluster ("wmf", "vote"),
             the lower-scored one is suppressed ("mask_nms"), or box IoU above which a box
@@ -261,6 +267,7 @@ class EnsembleConfig:
     method: EnsembleMethod = "roi"
     tta: tuple[str, ...] = ("identity", "hflip")
     scales: tuple[float, ...] = (1.0,)
+    type_scale: PerType = (1.0, 1.0, 1.0)
     box_nms_iou: float = 0.7
     cluster_iou: float = 0.5
     min_votes: float = 0.5
@@ -279,7 +286,15 @@ class EnsembleConfig:
         if not self.scales:
             raise ValueError("scales: expected at least one scale, e.g. (1.0,), got none")
         for scale in self.scales:
-            _check_range("scales", scale, 0.5, 2.0)
+            _check_range("scales", scale, 0.5, 3.0)
+        _check_per_type("type_scale", self.type_scale, 0.5, 3.0)
+        for cell_type, factor in zip(CELL_TYPES, self.type_scale):
+            scaled = [round(factor * s, 6) for s in self.scales]
+            if not all(0.5 <= s <= 3.0 for s in scaled):
+                raise ValueError(
+                    f"type_scale[{cell_type}]: {factor!r} x scales {list(self.scales)} gives {scaled}; expected "
+                    "every scaled scale in [0.5, 3.0]"
+                )
         for name in ("tta", "scales"):
             values = getattr(self, name)
             twice = [v for k, v in enumerate(values) if v in values[:k]]

@@ -10,6 +10,7 @@ This module imports torch only inside :func:`load_models` / :func:`predict_insta
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ from kernel_lib.config import Config, PostprocessConfig
 from kernel_lib.ensemble import fuse_views
 from kernel_lib.images import list_images
 from kernel_lib.masks import CropMasks
-from kernel_lib.postprocess import Postprocessed, postprocess
+from kernel_lib.postprocess import Postprocessed, image_cell_type, postprocess
 from kernel_lib.rle import rle_encode_crops
 from kernel_lib.soft import SoftInstances, ViewOutputs, mask_confidence, paste
 from kernel_lib.submission import read_csv_columns, validate_submission, write_submission
@@ -93,11 +94,27 @@ def _model_outputs(
     mask_min_score: float,
     progress: bool,
 ) -> Iterator[tuple[str, np.ndarray, ViewOutputs]]:
+    """The models' outputs per image; with ``config.ensemble.type_scale`` set, an image
+    whose voted cell type has a factor other than 1 runs again at its type's scales."""
     from kernel_lib.model import predict
 
-    yield from predict(
-        image_paths, models, config.ensemble, config.inference, mask_min_score=mask_min_score, progress=progress
-    )
+    ensemble = config.ensemble
+    base = predict(image_paths, models, ensemble, config.inference, mask_min_score=mask_min_score, progress=progress)
+    if all(f == 1.0 for f in ensemble.type_scale):
+        yield from base
+        return
+    by_id = {Path(p).stem: p for p in image_paths}
+    single = dataclasses.replace(config.inference, num_workers=0)
+    try:
+        for image_id, grey, out in base:
+            factor = ensemble.type_scale[image_cell_type(fuse_outputs(out, config).classes)]
+            if factor != 1.0:
+                scaled = dataclasses.replace(ensemble, scales=tuple(factor * s for s in ensemble.scales))
+                again = predict([by_id[image_id]], models, scaled, single, mask_min_score, progress=False)
+                ((_, grey, out),) = list(again)
+            yield image_id, grey, out
+    finally:
+        base.close()
 
 
 def fuse_outputs(out: ViewOutputs, config: Config) -> SoftInstances:

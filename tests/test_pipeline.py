@@ -273,3 +273,39 @@ def test_two_devices_and_an_out_of_memory_split_write_the_same_submission(
     assert sorted(sizes) == [1, 1, 1, 2]  # 3 images at batch 2: the first batch split, the second one image
     assert (tmp_path / "split.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
     assert split.n_instances == plain.n_instances
+
+
+def test_type_scale_runs_an_image_again_at_its_types_scales(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orchestration alone, on a stand-in for the models: image a's instances vote
+    shsy5y (class 0), b's cort (class 2); only a runs again, at 1.5 x each scale."""
+    import kernel_lib.model
+    from kernel_lib.pipeline import predict_instances
+    from kernel_lib.soft import ViewOutputs
+
+    votes = {"a": 0, "b": 2}
+    calls: list[tuple[list[str], tuple[float, ...], int]] = []
+
+    def fake_predict(paths, models, ensemble, inference, mask_min_score=0.0, progress=True):  # type: ignore[no-untyped-def]
+        calls.append(([Path(p).stem for p in paths], ensemble.scales, inference.num_workers))
+        for p in paths:
+            image_id = Path(p).stem
+            cls = votes[image_id] if ensemble.scales[0] == 1.0 else 1  # the second pass says astro
+            inst = SoftInstances([[1, 1, 5, 5]], [0.9], [cls], np.ones((1, 28, 28), np.float32), (8, 8))
+            yield image_id, np.zeros((8, 8), np.uint8), ViewOutputs(inst, [], [], [])
+
+    monkeypatch.setattr(kernel_lib.model, "predict", fake_predict)
+    config = Config(
+        ensemble=EnsembleConfig(scales=(1.0, 1.25), type_scale=(1.5, 1.0, 1.0)),
+        inference=InferenceConfig(device="cpu", num_workers=2),
+    )
+    out = {i: inst for i, _, inst in predict_instances(["x/a.png", "x/b.png"], [], config, progress=False)}
+    # one pass over both at (1, 1.25), then a alone at (1.5, 1.875) in this process
+    assert calls == [(["a", "b"], (1.0, 1.25), 2), (["a"], (1.5, 1.875), 0)]
+    assert out["a"].classes.tolist() == [1] and out["b"].classes.tolist() == [2]  # a's second pass replaced its first
+    # factors of 1 run one pass
+    calls.clear()
+    plain = config.replace(ensemble=EnsembleConfig(scales=(1.0, 1.25)))
+    assert len(list(predict_instances(["x/a.png", "x/b.png"], [], plain, progress=False))) == 2
+    assert calls == [(["a", "b"], (1.0, 1.25), 2)]
+    with pytest.raises(ValueError, match=r"type_scale\[shsy5y\]: 3.0 x scales \[1.0, 1.25\] gives \[3.0, 3.75\]"):
+        EnsembleConfig(scales=(1.0, 1.25), type_scale=(3.0, 1.0, 1.0))
