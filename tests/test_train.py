@@ -156,6 +156,31 @@ def test_crop_first_mapper_pastes_cells_of_the_same_type(data_dir: Path, tmp_pat
         AugmentSettings(copy_paste=0.5)
 
 
+def test_crop_first_mapper_resizes_each_cell_type_by_its_factor(data_dir: Path) -> None:
+    records = {r["cell_type"]: r for r in load_dataset_dicts(data_dir).dicts}
+    settings = AugmentSettings(crop=512, hflip=False, vflip=False, rot90=False, brightness=(1, 1), contrast=(1, 1))
+    plain = CropFirstMapper((260,), 352, settings)
+    scaled = CropFirstMapper((260,), 352, dataclasses.replace(settings, type_scale=(2.0, 0.5, 1.0)))
+    for cell_type, factor in (("shsy5y", 2.0), ("astro", 0.5), ("cort", 1.0)):
+        record = records[cell_type]
+        np.random.seed(0)
+        base = plain(record)["instances"].gt_masks.tensor.numpy().sum(axis=(1, 2)).astype(float)
+        np.random.seed(0)
+        out = scaled(record)
+        # 520 x 704 -> short edge 260 x factor: shsy5y 520 (a 512 crop of it), astro 130, cort 260
+        side = min(512, round(260 * factor))
+        assert out["image"].shape[1:] == (side, side)
+        if factor == 1.0:
+            assert np.array_equal(out["instances"].gt_masks.tensor.numpy().sum(axis=(1, 2)), base)
+        else:  # a cell's area goes with factor squared (median over the cells seen)
+            areas = out["instances"].gt_masks.tensor.numpy().sum(axis=(1, 2))
+            assert np.median(areas) / np.median(base) == pytest.approx(factor**2, rel=0.35)
+    with pytest.raises(ValueError, match=r"type_scale: expected 3 factors in \[0.25, 4\]"):
+        AugmentSettings(crop=256, type_scale=(5.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="type_scale: per-type resizing works on training crops"):
+        AugmentSettings(type_scale=(1.5, 1.0, 1.0))
+
+
 def test_mapper_with_augmentation_keeps_boxes_on_their_masks(data_dir: Path, tmp_path: Path) -> None:
     data = load_dataset_dicts(data_dir, ["e9edcd9483e4"])
     cfg = build_config(_options(tmp_path, min_sizes=(400, 520)), "cpu")

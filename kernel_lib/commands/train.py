@@ -38,6 +38,16 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _triple(text: str) -> tuple[float, float, float]:
+    try:
+        a, b, c = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected three factors SHSY5Y,ASTRO,CORT (e.g. 1.5,1,1), got {text!r}"
+        ) from None
+    return a, b, c
+
+
 def _fold(text: str) -> int | str:
     if text == "all":
         return text
@@ -161,6 +171,12 @@ OPTIONS: tuple[Option, ...] = (
         parse=float,
     ),
     _o("--copy-paste-max", "augment.copy_paste_max", "most cells pasted into one crop", parse=int),
+    _o(
+        "--type-scale",
+        "augment.type_scale",
+        "per-type resize factor SHSY5Y,ASTRO,CORT, e.g. 1.5,1,1 (needs --crop; match it at inference)",
+        parse=_triple,
+    ),
     _o(
         "--normalization",
         "normalization",

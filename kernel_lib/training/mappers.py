@@ -18,6 +18,7 @@ from detectron2.config import CfgNode
 from detectron2.data import detection_utils as d2utils
 from detectron2.data import transforms as T
 
+from kernel_lib.config import CELL_TYPES
 from kernel_lib.images import normalize_image, read_image, to_model_input
 from kernel_lib.masks import CropMasks
 from kernel_lib.training.augment import build_augmentations, photometric_augmentations
@@ -70,7 +71,8 @@ class CropFirstMapper:
     the masks). Each image's masks are decoded once per worker and kept as
     :class:`~kernel_lib.masks.CropMasks`, so an iteration never builds a full-frame mask.
     The region's integer bounds make the scale exact to within one original pixel per
-    window side. With ``augment.copy_paste`` > 0, cells of the images of the record's cell
+    window side. ``augment.type_scale`` scales the resize of each cell type's images. With
+    ``augment.copy_paste`` > 0, cells of the images of the record's cell
     type that this worker has read so far (the record's own among them) are pasted into
     the window before the flips (:func:`kernel_lib.training.copy_paste.paste_cells`).
     """
@@ -99,12 +101,13 @@ class CropFirstMapper:
             self._donors.setdefault(str(record.get("cell_type", "")), []).append(Donor(*self._cache[key]))
         return self._cache[key]
 
-    def _window(self, height: int, width: int) -> tuple[int, int, int, int, int]:
-        """Random (y0, y1, x0, x1) of the original image and the output side."""
-        size = self.min_sizes[np.random.randint(len(self.min_sizes))]
+    def _window(self, height: int, width: int, factor: float = 1.0) -> tuple[int, int, int, int, int]:
+        """Random (y0, y1, x0, x1) of the original image and the output side; ``factor``
+        scales the drawn short edge and the longest edge (the image's type's factor)."""
+        size = self.min_sizes[np.random.randint(len(self.min_sizes))] * factor
         scale = size / min(height, width)
-        if self.max_size and max(height, width) * scale > self.max_size:
-            scale = self.max_size / max(height, width)
+        if self.max_size and max(height, width) * scale > self.max_size * factor:
+            scale = self.max_size * factor / max(height, width)
         new_h, new_w = int(height * scale + 0.5), int(width * scale + 0.5)
         side = min(self.augment.crop, new_h, new_w)
         top = np.random.randint(new_h - side + 1) / scale
@@ -119,14 +122,16 @@ class CropFirstMapper:
         from PIL import Image
 
         grey, masks, classes = self._load(record)
-        y0, y1, x0, x1, side = self._window(*grey.shape)
+        cell_type = str(record.get("cell_type", ""))
+        factor = self.augment.type_scale[CELL_TYPES.index(cell_type)] if cell_type in CELL_TYPES else 1.0
+        y0, y1, x0, x1, side = self._window(*grey.shape, factor)
         image = np.asarray(Image.fromarray(grey[y0:y1, x0:x1]).resize((side, side), Image.BILINEAR))
         stack, keep = _window_masks(masks, y0, y1, x0, x1, side)
         cls = classes[keep]
         if self.augment.copy_paste and np.random.rand() < self.augment.copy_paste:
             rng = np.random.RandomState(np.random.randint(2**31))
             count = 1 + rng.randint(self.augment.copy_paste_max)
-            donors = self._donors[str(record.get("cell_type", ""))]
+            donors = self._donors[cell_type]
             image, stack, cls = paste_cells(image, stack, cls, donors, side / (y1 - y0), count, rng)
         image, stack = self._flip_and_turn(image, stack)
         photometric = T.AugInput(np.ascontiguousarray(image))
@@ -186,6 +191,11 @@ def build_mapper(
     :class:`SartoriusMapper` (whole images, or a short edge drawn from a range)."""
     if augment.crop and cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and cfg.INPUT.FORMAT in ("BGR", "RGB"):
         return CropFirstMapper(tuple(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, augment, normalization)
+    if augment.type_scale != (1.0, 1.0, 1.0):
+        raise ValueError(
+            "type_scale: per-type resizing runs in the crop-first mapper, which needs --crop with a choice of "
+            "--min-sizes; pass --min-sizes A,B,C or drop --type-scale"
+        )
     if augment.copy_paste:
         raise ValueError(
             "copy_paste: pasting runs in the crop-first mapper, which needs --crop with a choice of "

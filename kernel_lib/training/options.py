@@ -40,6 +40,11 @@ class AugmentSettings:
             training only); 0 turns it off.
         copy_paste_max: most cells pasted into one crop (1 to that many, uniformly);
             range [1, 256].
+        type_scale: per cell type (shsy5y, astro, cort), a factor on the resize's short
+            edge and longest edge for that type's images, in [0.25, 4] (crop training
+            only): 1.5 shows shsy5y's small cells 1.5 times larger; pair it with the
+            same factor at inference (``EnsembleConfig.type_scale``). Images of no
+            Sartorius type (class-agnostic COCO data) keep factor 1.
     """
 
     crop: int = 0
@@ -50,12 +55,20 @@ class AugmentSettings:
     contrast: tuple[float, float] = (0.8, 1.2)
     copy_paste: float = 0.0
     copy_paste_max: int = 8
+    type_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.copy_paste <= 1.0:
             raise ValueError(f"copy_paste: expected a probability in [0, 1], got {self.copy_paste!r}")
         if not 1 <= self.copy_paste_max <= 256:
             raise ValueError(f"copy_paste_max: expected 1 to 256 cells, got {self.copy_paste_max!r}")
+        if len(self.type_scale) != len(CELL_TYPES) or not all(0.25 <= f <= 4.0 for f in self.type_scale):
+            raise ValueError(
+                f"type_scale: expected {len(CELL_TYPES)} factors in [0.25, 4] ({', '.join(CELL_TYPES)}), "
+                f"got {self.type_scale!r}"
+            )
+        if self.type_scale != (1.0, 1.0, 1.0) and not self.crop:
+            raise ValueError("type_scale: per-type resizing works on training crops; pass --crop SIDE (e.g. 256) too")
         if self.copy_paste and not self.crop:
             raise ValueError("copy_paste: pasting works on training crops; pass --crop SIDE (e.g. 256) too")
         if not 0 <= self.crop <= 4096:
