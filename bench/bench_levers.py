@@ -9,7 +9,9 @@ images no fold trains on (identity view, default post-processing, ``eval_identit
 - ``continued``: N more iterations, no lever (the learning curve alone);
 - ``copy-paste``: N more with ``--copy-paste P``;
 - ``mended``: N more with ``--mend-masks``;
-- ``both``: N more with both.
+- ``both``: N more with copy-paste and mended masks;
+- ``shsy5y-x1.5``: N more with ``--type-scale 1.5,1,1`` (shsy5y images resized 1.5 times
+  larger), scored with the same factor at inference (``EnsembleConfig.type_scale``).
 
     python bench/bench_levers.py --iters 400 --out /tmp/levers [--fold 0] [--runs continued,copy-paste]
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,30 +31,24 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from bench_extra_data import RECIPE, _pack  # the same recipe and pack (bench/ is on the path when run)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models" / "r50-narrow"
-RECIPE = [
-    "--arch", "R50-narrow", "--batch", "4", "--lr", "0.02", "--device", "cpu", "--normalization", "per_image",
-    "--min-sizes", "480,520,560", "--max-size", "1000", "--test-size", "520", "--crop", "256", "--workers", "0",
-    "--no-heldout",
-]  # fmt: skip
 
 
-def _pack() -> Path:
-    pack = Path(os.environ.get("SARTORIUS_DATA", ROOT.parent / "shared" / "data" / "sartorius-mini"))
-    if not (pack / "train.csv").is_file():
-        sys.exit(f"no annotated pack at {pack}; set SARTORIUS_DATA")
-    return pack
+def _score(models: Path, pack: Path, holdout: list[str], type_scale: tuple[float, ...] = ()) -> dict[str, float]:
+    import dataclasses
 
-
-def _score(models: Path, pack: Path, holdout: list[str]) -> dict[str, float]:
     from kernel_lib.config import load_config
     from kernel_lib.training.datasets import load_dataset_dicts
     from kernel_lib.training.scoring import score_models
 
     start = time.perf_counter()
-    result = score_models(models, load_dataset_dicts(pack, holdout), load_config(MODELS / "eval_identity.json"))
+    config = load_config(MODELS / "eval_identity.json")
+    if type_scale:
+        config = config.replace(ensemble=dataclasses.replace(config.ensemble, type_scale=type_scale))
+    result = score_models(models, load_dataset_dicts(pack, holdout), config)
     scores = {"score": round(result.score, 4), **{k: round(v, 4) for k, v in result.per_cell_type.items()}}
     return {**scores, "score_seconds": round(time.perf_counter() - start, 1)}
 
@@ -64,7 +59,7 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--copy-paste", type=float, default=0.5)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--runs", default="shipped,continued,copy-paste,mended,both")
+    parser.add_argument("--runs", default="shipped,continued,copy-paste,mended,both,shsy5y-x1.5")
     args = parser.parse_args()
     pack, out = _pack(), args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +70,9 @@ def main() -> None:
         "copy-paste": ["--copy-paste", str(args.copy_paste)],
         "mended": ["--mend-masks"],
         "both": ["--copy-paste", str(args.copy_paste), "--mend-masks"],
+        "shsy5y-x1.5": ["--type-scale", "1.5,1,1"],
     }
+    inference_scale = {"shsy5y-x1.5": (1.5, 1.0, 1.0)}
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for name in args.runs.split(","):
@@ -94,7 +91,7 @@ def main() -> None:
             ]  # fmt: skip
             subprocess.run(cmd, check=True, cwd=ROOT)
             seconds = round(time.perf_counter() - start, 1)
-        results[name] = {"train_seconds": seconds, **_score(models, pack, holdout)}
+        results[name] = {"train_seconds": seconds, **_score(models, pack, holdout, inference_scale.get(name, ()))}
         results_file.write_text(json.dumps(results, indent=2) + "\n")
         print(name, results[name], flush=True)
 
