@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -118,6 +119,10 @@ def test_cache_key_tracks_models_ensemble_and_image(setup: dict[str, Path]) -> N
     assert key != cache_key(infos[1:], FAST, "img")
     assert key != cache_key(infos[:1], FAST, "other image")
     assert key != cache_key(infos[:1], FAST.replace(ensemble=EnsembleConfig(tta=("identity", "hflip"))), "img")
+    # a per-type scale runs a second pass: another key; rescoring is post-processing: the same
+    scaled = dataclasses.replace(FAST.ensemble, type_scale=(1.5, 1.0, 1.0))
+    assert key != cache_key(infos[:1], FAST.replace(ensemble=scaled), "img")
+    assert key == cache_key(infos[:1], FAST.replace(postprocess=PostprocessConfig(rescore=(1.0, 1.0, 1.0))), "img")
     # post-processing does not change the fused instances ("roi" does not use mask_threshold)
     assert key == cache_key(infos[:1], FAST.replace(postprocess=PostprocessConfig(mask_threshold=0.4)), "img")
     wmf = FAST.replace(ensemble=EnsembleConfig(method="wmf"))
