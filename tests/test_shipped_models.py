@@ -23,7 +23,7 @@ pytest.importorskip("detectron2")
 
 from kernel_lib.evaluate import evaluate
 from kernel_lib.model_folder import read_manifest
-from kernel_lib.tune import InstanceTable, images_from_cache, tune_postprocess
+from kernel_lib.tune import images_from_cache, tune_rescoring
 from kernel_lib.weights import FORMAT, FORMAT_KEY, is_compact, read_state_dict
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "r50-narrow"
@@ -110,6 +110,7 @@ def test_shipped_folds_on_the_whole_holdout_evaluate_and_tune(mini_dir: Path, tm
     assert ev.report.score >= FLOOR_HOLDOUT, ev.report.per_cell_type
     # tune runs on the cache; it never scores below the defaults on the images it tuned on
     tune_images, _ = images_from_cache(mini_dir / "train.csv", cache, FAST.postprocess.mask_threshold, progress=False)
-    result = tune_postprocess(InstanceTable.build(tune_images), FAST.postprocess, trials=20, refine=False)
+    # its own exponents only: the defaults are the shipped post-processing, rescoring included
+    result = tune_rescoring(tune_images, FAST.postprocess, exponents=(), trials=20, refine=False)
     assert result.default_score == pytest.approx(ev.report.score, abs=1e-6)
     assert result.best_score >= result.default_score
