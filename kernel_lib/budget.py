@@ -16,12 +16,15 @@ batches. When the projection is later than the deadline (the first model call +
 remaining images run the first lighter ensemble of :func:`degradation_steps` that is
 projected to fit, or the lightest one when none is. The order, one removal per step:
 
-1. extra scales, the largest first (the base scale, 1.0 when listed, stays);
-2. flip views, the last listed first ("identity", else the first view, stays);
-3. models, the lowest weight first (ties: the last listed first; one model stays).
+1. the per-type scales' second pass (``EnsembleConfig.type_scale`` back to 1), when set;
+2. extra scales, the largest first (the base scale, 1.0 when listed, stays);
+3. flip views, the last listed first ("identity", else the first view, stays);
+4. models, the lowest weight first (ties: the last listed first; one model stays).
 
 A step's work is models x views x sum of squared scales (pixels through the backbone),
-which scales the measured seconds per image to the lighter ensembles. The guard never
+plus, with per-type scales, the second pass's work for each type whose factor is not 1
+weighted by 1/3 (each type taken as equally likely), which scales the measured seconds
+per image to the lighter ensembles. The guard never
 steps back up. Every image still gets predictions: at the lightest step one model runs
 one view, even when that still overruns. Each step is logged (warning) and each image's
 step is recorded (:class:`ImageRun`).
@@ -88,7 +91,9 @@ class ImageRun:
 
 
 def _work(n_models: int, ensemble: EnsembleConfig) -> float:
-    return n_models * len(ensemble.tta) * sum(s * s for s in ensemble.scales)
+    pixels = sum(s * s for s in ensemble.scales)
+    again = sum(f * f * pixels for f in ensemble.type_scale if f != 1.0) / len(ensemble.type_scale)
+    return n_models * len(ensemble.tta) * (pixels + again)
 
 
 def degradation_steps(ensemble: EnsembleConfig, models: Sequence[tuple[str, float]]) -> list[DegradationStep]:
@@ -110,6 +115,9 @@ def degradation_steps(ensemble: EnsembleConfig, models: Sequence[tuple[str, floa
 
     def add(label: str, ens: EnsembleConfig, kept: Sequence[str]) -> None:
         steps.append(DegradationStep(len(steps), label, ens, tuple(kept), _work(len(kept), ens)))
+
+    if any(f != 1.0 for f in ensemble.type_scale):
+        add("drop per-type scales", dataclasses.replace(ensemble, type_scale=(1.0, 1.0, 1.0)), names)
 
     base = 1.0 if 1.0 in ensemble.scales else ensemble.scales[0]
     scales = list(ensemble.scales)

@@ -38,6 +38,16 @@ def test_steps_drop_scales_then_views_then_lightest_models() -> None:
     assert all(s.ensemble.method == ens.method and s.ensemble.box_nms_iou == ens.box_nms_iou for s in steps)
 
 
+def test_per_type_scales_go_first_and_count_a_third_each() -> None:
+    ens = EnsembleConfig(tta=("identity", "hflip"), scales=(1.0,), type_scale=(1.5, 1.0, 1.0))
+    steps = degradation_steps(ens, MODELS[:1])
+    assert [s.label for s in steps] == ["full ensemble", "drop per-type scales", "drop view hflip"]
+    assert steps[1].ensemble.type_scale == (1.0, 1.0, 1.0) and steps[1].ensemble.tta == ens.tta
+    # 1 model x 2 views x (1 + 1.5^2 / 3): shsy5y images (a third, taken alike) run again 2.25 times the pixels
+    assert steps[0].work == pytest.approx(2 * (1 + 2.25 / 3))
+    assert steps[1].work == pytest.approx(2.0) and steps[2].work == pytest.approx(1.0)
+
+
 def test_steps_keep_the_only_scale_and_first_view_when_identity_is_absent() -> None:
     steps = degradation_steps(EnsembleConfig(tta=("hflip", "vflip"), scales=(1.25,)), [("a", 1.0)])
     assert [s.label for s in steps] == ["full ensemble", "drop view vflip"]
