@@ -187,17 +187,14 @@ def _mended_rows(
     image_id: str, valid: list[tuple[int, np.ndarray]], shape: tuple[int, int]
 ) -> tuple[list[tuple[int, np.ndarray]], list[AnnotationProblem]]:
     """Each row's flat indices mended (:func:`mend_mask` on the row's tight crop)."""
+    inst = np.repeat(np.arange(len(valid)), [indices.size for _, indices in valid])
+    pixels = np.concatenate([indices for _, indices in valid]).astype(np.int64)
+    masks = crops_from_indices(inst, pixels, len(valid), shape)
     out, notes = [], []
-    width = shape[1]
-    for row, indices in valid:
-        ys, xs = np.divmod(indices, width)
-        y0, x0 = int(ys.min()), int(xs.min())
-        crop = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), bool)
-        crop[ys - y0, xs - x0] = True
-        mended, holes, pieces, dropped = mend_mask(crop)
+    for k, (row, indices) in enumerate(valid):
+        mended, holes, pieces, dropped = mend_mask(masks.crops[k])
         if holes or pieces:
-            my, mx = np.nonzero(mended)
-            indices = np.sort((my + y0) * width + (mx + x0)).astype(np.int64)
+            indices = CropMasks((mended,), masks.origins[k : k + 1], shape).flat_indices(0)
             what = []
             if holes:
                 what.append(f"{holes} hole pixel(s) filled")
