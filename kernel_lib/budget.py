@@ -116,7 +116,7 @@ def degradation_steps(ensemble: EnsembleConfig, models: Sequence[tuple[str, floa
     def add(label: str, ens: EnsembleConfig, kept: Sequence[str]) -> None:
         steps.append(DegradationStep(len(steps), label, ens, tuple(kept), _work(len(kept), ens)))
 
-    if any(f != 1.0 for f in ensemble.type_scale):
+    if ensemble.type_scaled:
         add("drop per-type scales", dataclasses.replace(ensemble, type_scale=(1.0, 1.0, 1.0)), names)
 
     base = 1.0 if 1.0 in ensemble.scales else ensemble.scales[0]

@@ -310,6 +310,11 @@ class EnsembleConfig:
         _check_range("candidate_score", self.candidate_score, 0.0, 1.0)
         _check_range("detections_per_image", self.detections_per_image, 1, 5000)
 
+    @property
+    def type_scaled(self) -> bool:
+        """Whether some cell type's ``type_scale`` factor is not 1 (a second pass runs)."""
+        return any(f != 1.0 for f in self.type_scale)
+
 
 @dataclass(frozen=True)
 class InferenceConfig:

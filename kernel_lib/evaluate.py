@@ -120,7 +120,7 @@ def cache_key(models: Sequence[ModelInfo], config: Config, image_digest: str) ->
     weight), the ensemble config (and the mask threshold where fusion uses it), the
     inference precision and the image bytes."""
     ensemble = config.to_dict()["ensemble"]
-    if tuple(config.ensemble.type_scale) == (1.0, 1.0, 1.0):
+    if not config.ensemble.type_scaled:
         del ensemble["type_scale"]  # one pass, as before the field existed: earlier caches stay valid
     what = {
         "version": CACHE_VERSION,

@@ -100,7 +100,7 @@ def _model_outputs(
 
     ensemble = config.ensemble
     base = predict(image_paths, models, ensemble, config.inference, mask_min_score=mask_min_score, progress=progress)
-    if all(f == 1.0 for f in ensemble.type_scale):
+    if not ensemble.type_scaled:
         yield from base
         return
     by_id = {Path(p).stem: p for p in image_paths}
